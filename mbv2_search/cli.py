@@ -1,0 +1,341 @@
+"""Command line: parse, call, print. Bad input exits 2 with one line on stderr."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from mbv2_search.arch import ArchError, ArchSpec, Knobs, build_spec
+from mbv2_search.config import ConfigError, load_arch_file
+
+console = Console(width=None if sys.stdout.isatty() else 160)  # no truncation when piped
+
+
+class UserError(click.ClickException):
+    """One-line error for bad input; exit code 2."""
+
+    exit_code = 2
+
+
+def _floats(name: str, text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{name}: got {text!r}; allowed: comma-separated numbers") from None
+
+
+def _ints(name: str, text: str | None) -> tuple[int, ...] | None:
+    values = _floats(name, text)
+    if values is not None and any(v != int(v) for v in values):
+        raise UserError(f"{name}: got {text!r}; allowed: comma-separated integers")
+    return None if values is None else tuple(int(v) for v in values)
+
+
+# (flag, Knobs field, click options). Defaults come from Knobs or the --table file, never from here.
+_ARCH_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--width", "width", {"type": float, "help": "Width multiplier (paper: 0.35..1.4)."}),
+    ("--resolution", "resolution", {"type": int, "help": "Input resolution in pixels (paper: 96..224)."}),
+    (
+        "--expansion",
+        "expansion",
+        {"help": "Expansion factor t for rows with t > 1, or one value per row (comma-separated)."},
+    ),
+    ("--depth", "depth", {"type": float, "help": "Depth multiplier on each row's repeats n."}),
+    (
+        "--depth-rounding",
+        "depth_rounding",
+        {"type": click.Choice(["ceil", "round"]), "help": "Rounding of scaled repeats."},
+    ),
+    (
+        "--fix-first-last/--scale-first-last",
+        "fix_first_last",
+        {"default": None, "help": "Depth scaling leaves the first and last rows alone."},
+    ),
+    ("--stem-stride", "stem_stride", {"type": int, "help": "Stride of the stem conv (1 for CIFAR-size inputs)."}),
+    ("--strides", "strides", {"help": "Comma-separated stride per row, e.g. 1,1,2,2,1,2,1 for CIFAR."}),
+    ("--kernels", "kernels", {"help": "Comma-separated depthwise kernel size per row (3, 5 or 7)."}),
+    ("--classes", "num_classes", {"type": int, "help": "Number of classes (default: the convention's, 1000 or 1001)."}),
+    (
+        "--convention",
+        "convention",
+        {
+            "type": click.Choice(["torchvision", "tf-slim", "timm"]),
+            "help": "Rounding and counting convention (default torchvision).",
+        },
+    ),
+    (
+        "--head-rule",
+        "head_rule",
+        {
+            "type": click.Choice(["keep", "scale"]),
+            "help": "keep: head 1280 for width < 1 (reference); scale: 1280 x width.",
+        },
+    ),
+    (
+        "--fix-stem-head/--scale-stem-head",
+        "fix_stem_head",
+        {"default": None, "help": "Stem and head channels not scaled by width."},
+    ),
+    (
+        "--bottleneck-activation",
+        "bottleneck_activation",
+        {
+            "type": click.Choice(["linear", "relu6"]),
+            "help": "Paper Fig. 6a ablation: linear (default) or ReLU6 bottleneck.",
+        },
+    ),
+    (
+        "--shortcut",
+        "shortcut",
+        {
+            "type": click.Choice(["bottleneck", "expansion", "none"]),
+            "help": "Paper Fig. 6b ablation: shortcut placement.",
+        },
+    ),
+    ("--dropout", "dropout", {"type": float, "help": "Dropout before the classifier (default 0.2)."}),
+]
+
+
+def arch_options(command: Callable) -> Callable:
+    """Add every architecture flag, and --table, to a command; it receives `spec` instead."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, table: Path | None, **kwargs: Any) -> Any:
+        given = {field: kwargs.pop(field) for _, field, _ in _ARCH_FLAGS}
+        return command(*args, spec=spec_from_flags(table, given), **kwargs)
+
+    for flag, field, options in reversed(_ARCH_FLAGS):
+        wrapper = click.option(flag, field, **options)(wrapper)
+    return click.option(
+        "--table",
+        type=click.Path(path_type=Path, dir_okay=True),
+        help="Block-table YAML (a search_spaces/ file or an exported trial); flags override its knobs.",
+    )(wrapper)
+
+
+def spec_from_flags(table_path: Path | None, given: dict[str, Any]) -> ArchSpec:
+    """ArchSpec from a table file's knobs (or the defaults) with the given flags on top."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if "expansion" in given:
+        values = _floats("--expansion", given["expansion"])
+        given["expansion"] = values[0] if len(values) == 1 else values
+    for name, field in (("--strides", "strides"), ("--kernels", "kernels")):
+        if field in given:
+            given[field] = _ints(name, given[field])
+    try:
+        if table_path is None:
+            return build_spec(Knobs(**given))
+        arch_file = load_arch_file(table_path)
+        return build_spec(arch_file.knobs.to_knobs(**given), arch_file.to_table())
+    except ArchError as err:
+        flag = next(
+            (f.split("/")[0] for f, field, _ in _ARCH_FLAGS if field == err.field_name.split("[")[0]), err.field_name
+        )
+        raise UserError(f"{flag}: got {err.value!r}; allowed: {err.allowed}") from None
+
+
+def _print_frame(frame: Any, fmt: str, title: str | None = None) -> None:
+    """A pandas frame as a rich table, Markdown or CSV on stdout."""
+    if fmt == "csv":
+        click.echo(frame.to_csv(index=False), nl=False)
+    elif fmt == "md":
+        click.echo(frame.astype(object).where(frame.notna(), "").to_markdown(index=False))
+    else:
+        table = RichTable(title=title)
+        for column in frame.columns:
+            table.add_column(str(column), justify="right" if frame[column].dtype.kind in "iuf" else "left")
+        for values in frame.astype(object).where(frame.notna(), "").itertuples(index=False):
+            table.add_row(*(f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in values))
+        console.print(table)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="mbv2-search")
+def cli() -> None:
+    """mbv2-search: scaling experiments and architecture search on the MobileNetV2 design space."""
+
+
+@cli.command()
+@arch_options
+@click.option(
+    "--precision-bytes",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 8),
+    help="Bytes per activation value (2 = 16-bit, as paper Table 3).",
+)
+@click.option(
+    "--fvcore", "with_fvcore", is_flag=True, help="Also build the module and count it with fvcore, per operator."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def cost(spec: ArchSpec, precision_bytes: int, with_fvcore: bool, as_json: bool) -> None:
+    """Exact MAdds, parameters and peak activation memory of one variant, before building it."""
+    from mbv2_search.cost import costs, fvcore_count
+
+    result = costs(spec, precision_bytes)
+    counted = fvcore_count(spec) if with_fvcore else None
+    if as_json:
+        payload: dict[str, Any] = {
+            "madds": result.madds,
+            "params": result.params,
+            "peak_activation_bytes": result.peak_activation_bytes,
+            "bn_params": result.bn_params,
+            "bn_params_counted": spec.count_bn_params,
+            "precision_bytes": precision_bytes,
+            "knobs": spec.knobs.as_dict(),
+        }
+        if counted:
+            payload["fvcore"] = {
+                "by_operator": counted.by_operator,
+                "madds": counted.madds,
+                "module_params": counted.module_params,
+            }
+        click.echo(json.dumps(payload))
+        return
+    table = RichTable(title=f"MobileNetV2 {spec.knobs.width:g} @ {spec.resolution} ({spec.convention})")
+    table.add_column("cost")
+    table.add_column("exact", justify="right")
+    table.add_column("", justify="right")
+    table.add_row("MAdds (conv + linear)", f"{result.madds:,}", f"{result.madds / 1e6:.2f} M")
+    bn_note = "counted" if spec.count_bn_params else "not counted"
+    table.add_row(f"parameters (BatchNorm {bn_note})", f"{result.params:,}", f"{result.params / 1e6:.2f} M")
+    table.add_row(
+        f"peak activation ({8 * precision_bytes}-bit, Table 3)",
+        f"{result.peak_activation_bytes:,} B",
+        f"{result.peak_activation_bytes / 1024:.0f} KiB",
+    )
+    console.print(table)
+    if counted:
+        _print_fvcore(spec, result.madds, result.params, result.bn_params, counted)
+
+
+def _print_fvcore(spec: ArchSpec, madds: int, params: int, bn_params: int, counted: Any) -> None:
+    from mbv2_search.cost import MADD_OPERATORS, layers
+
+    analytic = {
+        "conv": sum(x.madds for x in layers(spec) if x.kind == "conv"),
+        "linear": sum(x.madds for x in layers(spec) if x.kind == "linear"),
+    }
+    table = RichTable(title="analytic vs fvcore, by operator (batch 1)")
+    for name in ("operator", "analytic", "fvcore", "difference", "in MAdds"):
+        table.add_column(name, justify="left" if name == "operator" else "right")
+    operators = list(dict.fromkeys([*analytic, *counted.by_operator]))
+    for op in operators:
+        ours = analytic.get(op, 0)
+        theirs = counted.by_operator.get(op, 0)
+        kept = op in MADD_OPERATORS
+        table.add_row(
+            op,
+            f"{ours:,}" if kept else "0 (convention)",
+            f"{theirs:,}",
+            f"{ours - theirs:+,}" if kept else "",
+            "yes" if kept else "no",
+        )
+    table.add_row("MAdds", f"{madds:,}", f"{counted.madds:,}", f"{madds - counted.madds:+,}", "")
+    module_view = params + (0 if spec.count_bn_params else bn_params)
+    table.add_row(
+        "parameters (module, BN incl.)",
+        f"{module_view:,}",
+        f"{counted.module_params:,}",
+        f"{module_view - counted.module_params:+,}",
+        "",
+    )
+    console.print(table)
+
+
+@cli.command()
+@arch_options
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv"]), default="table", show_default=True)
+@click.option(
+    "--memory", is_flag=True, help="Also print the Table 3 view: widest materialized tensor per spatial size (16-bit)."
+)
+def arch(spec: ArchSpec, fmt: str, memory: bool) -> None:
+    """The expanded layer table of a variant in the paper's Table 2 form, with per-row costs."""
+    from mbv2_search.cost import costs
+    from mbv2_search.report.arch_table import arch_table, memory_table
+
+    _print_frame(
+        arch_table(spec), fmt, title=f"MobileNetV2 {spec.knobs.width:g} @ {spec.resolution} ({spec.convention})"
+    )
+    if memory:
+        _print_frame(memory_table(spec), fmt, title="activation memory per spatial size (16-bit, paper Table 3)")
+    if fmt == "table":
+        total = costs(spec)
+        console.print(f"total: {total.madds:,} MAdds, {total.params:,} parameters")
+
+
+_GRID_HEADERS = {
+    "madds_m": "MAdds M",
+    "madds_m_published": "published",
+    "madds_m_diff": "Δ",
+    "params_m": "params M",
+    "params_m_published": "published ",
+    "params_m_diff": "Δ ",
+    "top1_published": "top-1 published",
+    "tv_params": "torchvision params",
+    "tv_params_diff": "Δ  ",
+}
+
+
+@cli.command()
+@click.option(
+    "--convention",
+    type=click.Choice(["tf-slim", "torchvision", "timm"]),
+    default="tf-slim",
+    show_default=True,
+    help="tf-slim reproduces the published checkpoints exactly.",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv"]), default="table", show_default=True)
+def table(convention: str, fmt: str) -> None:
+    """The paper's width x resolution grid: reproduced MAdds and params beside the 22 published checkpoints."""
+    from mbv2_search.report.paper import paper_grid
+
+    frame = paper_grid(convention)
+    shown = frame.drop(columns=["madds", "params"]).rename(columns=_GRID_HEADERS) if fmt == "table" else frame
+    _print_frame(
+        shown, fmt, title=f"MobileNetV2 width x resolution, {convention} convention vs published TF-Slim checkpoints"
+    )
+    if fmt == "table":
+        exact = int(((frame["madds_m_diff"] == 0) & (frame["params_m_diff"] == 0)).sum())
+        console.print(
+            f"{exact}/{len(frame)} rows match the published TF-Slim MAdds and parameters exactly (they follow --convention tf-slim)"
+        )
+        if "tv_params_diff" in frame:
+            known = frame["tv_params_diff"].dropna()
+            console.print(
+                f"{int((known == 0).sum())}/{len(known)} rows match torchvision's own parameter counts exactly"
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors and exit 2 for bad input, no tracebacks for user mistakes."""
+    try:
+        cli.main(args=argv, prog_name="mbv2-search", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as err:
+        click.echo(err.ctx.get_help() if err.ctx else str(err))
+        sys.exit(2)
+    except click.UsageError as err:
+        command = err.ctx.command_path if err.ctx else "mbv2-search"
+        click.echo(f"{command}: error: {err.format_message()}", err=True)
+        sys.exit(2)
+    except click.ClickException as err:
+        click.echo(f"mbv2-search: error: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)
+    except (ConfigError, ArchError) as err:
+        click.echo(f"mbv2-search: error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)

@@ -1,0 +1,286 @@
+"""Pydantic models for block-table and space files, read with precise one-line errors."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mbv2_search.arch import MOBILENET_V2, ArchError, Knobs, Row, Table
+
+
+class ConfigError(ValueError):
+    """A bad value in a user's file: names the file, the key, the value and what is allowed."""
+
+    def __init__(self, path: str | Path, key: str, message: str) -> None:
+        self.path, self.key = str(path), key
+        super().__init__(f"{path}: {key}: {message}" if key else f"{path}: {message}")
+
+
+class UnknownKey(ValueError):
+    """Raised by validators for an unknown name inside a mapping (pydantic keeps it as ctx.error)."""
+
+    def __init__(self, name: str, allowed: typing.Iterable[str]) -> None:
+        self.name, self.allowed = name, tuple(allowed)
+        super().__init__(name)
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors; values are not coerced across types."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class StemModel(Strict):
+    c: int = MOBILENET_V2.stem_channels
+    s: int = MOBILENET_V2.stem_stride
+
+
+class HeadModel(Strict):
+    c: int = MOBILENET_V2.head_channels
+
+
+class RowModel(Strict):
+    t: float
+    c: int
+    n: int
+    s: int
+    k: int = 3
+
+
+class TableModel(Strict):
+    stem: StemModel = StemModel()
+    rows: list[RowModel]
+    head: HeadModel = HeadModel()
+
+    def to_table(self) -> Table:
+        """The arch-level Table."""
+        rows = tuple(Row(r.t, r.c, r.n, r.s, r.k) for r in self.rows)
+        return Table(rows, self.stem.c, self.stem.s, self.head.c)
+
+    @classmethod
+    def from_table(cls, table: Table) -> TableModel:
+        """Inverse of to_table."""
+        rows = [RowModel(t=float(r.t), c=r.c, n=r.n, s=r.s, k=r.k) for r in table.rows]
+        return cls(
+            stem=StemModel(c=table.stem_channels, s=table.stem_stride), rows=rows, head=HeadModel(c=table.head_channels)
+        )
+
+
+DEFAULT_TABLE = TableModel.from_table(MOBILENET_V2)
+
+
+class KnobsModel(Strict):
+    """Fixed knob values; every field of arch.Knobs, lists for the per-row ones."""
+
+    width: float = 1.0
+    resolution: int = 224
+    expansion: float | list[float] | None = None
+    depth: float = 1.0
+    depth_rounding: Literal["ceil", "round"] = "ceil"
+    fix_first_last: bool = False
+    stem_stride: int | None = None
+    strides: list[int] | None = None
+    kernels: list[int] | None = None
+    num_classes: int | None = None
+    convention: Literal["torchvision", "tf-slim", "timm"] = "torchvision"
+    head_rule: Literal["keep", "scale"] = "keep"
+    fix_stem_head: bool = False
+    bottleneck_activation: Literal["linear", "relu6"] = "linear"
+    shortcut: Literal["bottleneck", "expansion", "none"] = "bottleneck"
+    dropout: float = 0.2
+
+    def to_knobs(self, **overrides: Any) -> Knobs:
+        """arch.Knobs with lists as tuples, then any overrides applied."""
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model_dump().items()}
+        values.update(overrides)
+        return Knobs(**values)
+
+
+class Range(Strict):
+    """Values a knob takes in a search: `choices`, or `low`/`high` with optional `step` or `log`."""
+
+    choices: list[float | int | str | bool] | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    per_row: bool = False  # expansion and kernels: one suggestion per table row
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Range:
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ValueError("give either choices: [...] or both low: and high:")
+        if self.choices is not None and not self.choices:
+            raise ValueError("choices: must list at least one value")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        if self.log and self.step is not None:
+            raise ValueError("log: and step: cannot be combined")
+        if self.log and self.low is not None and self.low <= 0:
+            raise ValueError("log: needs low > 0")
+        return self
+
+
+VARIABLE_KNOBS = (
+    "width",
+    "resolution",
+    "expansion",
+    "depth",
+    "kernels",
+    "bottleneck_activation",
+    "shortcut",
+    "head_rule",
+    "stem_stride",
+)
+PER_ROW_KNOBS = ("expansion", "kernels")
+
+
+class ArchFile(Strict):
+    """A block table and fixed knobs: what `cost`, `arch` and `train` accept with --table."""
+
+    name: str | None = None
+    description: str | None = None
+    table: TableModel = DEFAULT_TABLE
+    knobs: KnobsModel = KnobsModel()
+    vary: dict[str, Range] = Field(default_factory=dict)
+
+    @field_validator("vary")
+    @classmethod
+    def _known_knobs(cls, vary: dict[str, Range]) -> dict[str, Range]:
+        for key, value in vary.items():
+            if key not in VARIABLE_KNOBS:
+                raise UnknownKey(key, VARIABLE_KNOBS)
+            if value.per_row and key not in PER_ROW_KNOBS:
+                raise ValueError(f"{key}: per_row is allowed only for {', '.join(PER_ROW_KNOBS)}")
+        return vary
+
+    def to_table(self) -> Table:
+        """The base table."""
+        return self.table.to_table()
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with a safe loader; every failure is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(path, "", "no such file")
+    if path.is_dir():
+        raise ConfigError(path, "", "is a directory; expected a YAML file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(path, "", f"not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(path, "", f"cannot read: {err.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "YAML"
+        reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(path, where, f"invalid YAML: {reason}") from None
+    if data is None:
+        raise ConfigError(path, "", "empty file; expected a YAML mapping")
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", f"expected a YAML mapping at the top, got {type(data).__name__}")
+    return data
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses alias bombs ("billion laughs") by capping alias use."""
+
+    max_aliases = 100
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > self.max_aliases:
+                raise yaml.YAMLError(f"more than {self.max_aliases} aliases (anchors reused); refusing to expand")
+        return super().compose_node(parent, index)
+
+
+def parse(model: type[Strict], data: dict[str, Any], path: str | Path) -> Any:
+    """Validate data against a model, turning the first problem into a one-line ConfigError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise _config_error(model, err, path) from None
+
+
+def _config_error(model: type[BaseModel], err: ValidationError, path: str | Path) -> ConfigError:
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    key = _dotted(loc)
+    if first["type"] == "extra_forbidden":
+        return ConfigError(path, key, _unknown_key(loc[-1], _fields_at(model, loc[:-1])))
+    ctx = first.get("ctx", {})
+    cause = ctx.get("error") if isinstance(ctx, dict) else None
+    if isinstance(cause, UnknownKey):
+        return ConfigError(path, _dotted((*loc, cause.name)), _unknown_key(cause.name, cause.allowed))
+    message = str(cause) if cause is not None else first["msg"]
+    if "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
+        message = f"got {first['input']!r}; {message[0].lower()}{message[1:]}"
+    return ConfigError(path, key, message)
+
+
+def _unknown_key(name: object, allowed: typing.Iterable[str]) -> str:
+    allowed = list(allowed)
+    close = difflib.get_close_matches(str(name), allowed, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown key '{name}'{hint} (allowed: {', '.join(allowed)})"
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the model reached by following loc (through lists, dicts and unions)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, str) and _is_model(current) and part in current.model_fields:
+            current = current.model_fields[part].annotation
+        current = _unwrap(current)
+    return list(current.model_fields) if _is_model(current) else []
+
+
+def _is_model(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The model inside list[X], dict[str, X], X | None."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (list, dict, typing.Union, types.UnionType):
+        models = [a for a in args if _is_model(a)]
+        return models[0] if models else annotation
+    return annotation
+
+
+def load_arch_file(path: str | Path) -> ArchFile:
+    """Read and validate a block-table file; ArchError-level problems are found here too."""
+    arch_file = parse(ArchFile, read_yaml(path), path)
+    check_arch(arch_file, path)
+    return arch_file
+
+
+def check_arch(arch_file: ArchFile, path: str | Path, section: str = "") -> None:
+    """Resolve the file's fixed knobs on its table once, so bad combinations fail at load time."""
+    from mbv2_search.arch import build_spec
+
+    try:
+        build_spec(arch_file.knobs.to_knobs(), arch_file.to_table())
+    except ArchError as err:
+        where = "table" if err.field_name.split("[")[0].split(".")[0] in ("rows", "stem", "head") else "knobs"
+        raise ConfigError(
+            path, f"{section}{where}.{err.field_name}", f"got {err.value!r}; allowed: {err.allowed}"
+        ) from None

@@ -1,0 +1,176 @@
+"""Exact analytic costs of an ArchSpec (no torch), and the fvcore cross-check that builds it.
+
+Conventions (DESIGN.md section 3): MAdds are the multiply-accumulates of convolutions and the
+classifier at batch 1; BatchNorm, activations, residual adds and pooling count 0. Parameters are
+conv weights, classifier weight and bias, and BatchNorm weight and bias where the convention counts
+them (torchvision, timm) but not TF-Slim's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+from mbv2_search.arch import ArchSpec
+
+
+class Layer(NamedTuple):
+    """One convolution or the classifier, named by its module path in the torchvision layout.
+
+    A NamedTuple, not a dataclass: the search counts thousands of candidates and this is 2x faster.
+    """
+
+    name: str
+    kind: Literal["conv", "linear"]
+    row: int | None  # block-table row; None for stem, head and classifier
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    groups: int
+    in_size: int
+
+    @property
+    def out_size(self) -> int:
+        """Output side length ('SAME' padding)."""
+        return -(-self.in_size // self.stride)
+
+    @property
+    def weights(self) -> int:
+        """Weight count (plus the classifier's bias)."""
+        per_output = self.kernel * self.kernel * self.in_channels // self.groups
+        return per_output * self.out_channels + (self.out_channels if self.kind == "linear" else 0)
+
+    @property
+    def madds(self) -> int:
+        """Multiply-accumulates at batch 1."""
+        per_output = self.kernel * self.kernel * self.in_channels // self.groups
+        return per_output * self.out_channels * self.out_size * self.out_size
+
+    @property
+    def bn_params(self) -> int:
+        """BatchNorm weight + bias that follow this layer (every conv has one; the classifier none)."""
+        return 2 * self.out_channels if self.kind == "conv" else 0
+
+
+def layers(spec: ArchSpec) -> list[Layer]:
+    """Every conv and the classifier of a spec, in forward order."""
+
+    def conv(name, row, cin, cout, kernel, stride, size, groups=1):
+        return Layer(name, "conv", row, cin, cout, kernel, stride, groups, size)
+
+    out = [conv("features.0.0", None, spec.in_channels, spec.stem_channels, 3, spec.stem_stride, spec.resolution)]
+    for index, b in enumerate(spec.blocks, start=1):
+        prefix, part = f"features.{index}.conv", 0
+        if b.expand:
+            out.append(conv(f"{prefix}.0.0", b.row, b.in_channels, b.hidden_channels, 1, 1, b.in_size))
+            part = 1
+        out.append(
+            conv(
+                f"{prefix}.{part}.0",
+                b.row,
+                b.hidden_channels,
+                b.hidden_channels,
+                b.kernel,
+                b.stride,
+                b.in_size,
+                groups=b.hidden_channels,
+            )
+        )
+        out.append(conv(f"{prefix}.{part + 1}", b.row, b.hidden_channels, b.out_channels, 1, 1, b.out_size))
+    last_in = spec.blocks[-1].out_channels
+    out.append(conv(f"features.{len(spec.blocks) + 1}.0", None, last_in, spec.head_channels, 1, 1, spec.final_size))
+    out.append(Layer("classifier.1", "linear", None, spec.head_channels, spec.num_classes, 1, 1, 1, 1))
+    return out
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Integer costs of one variant at batch 1."""
+
+    madds: int
+    params: int
+    peak_activation_bytes: int
+    bn_params: int  # BatchNorm weight + bias, whether or not the convention counts them
+
+
+def costs(spec: ArchSpec, bytes_per_value: int = 2) -> Costs:
+    """MAdds, parameters and peak activation memory of a spec, without building it."""
+    madds = weights = bn = 0
+    for layer in layers(spec):
+        madds += layer.madds
+        weights += layer.weights
+        bn += layer.bn_params
+    peak = max(row.bytes for row in activation_table(spec, bytes_per_value))
+    return Costs(madds, weights + (bn if spec.count_bn_params else 0), peak, bn)
+
+
+@dataclass(frozen=True)
+class ActivationRow:
+    """Largest tensor that must be materialized at one spatial size (paper Table 3)."""
+
+    size: int
+    channels: int
+    bytes: int
+
+
+def activation_table(spec: ArchSpec, bytes_per_value: int = 2) -> list[ActivationRow]:
+    """Per spatial size, the widest tensor that must be materialized, in bytes.
+
+    Follows paper Table 3 and section 5: a bottleneck block streams its expansion, so only the
+    bottleneck tensors between blocks are materialized; the stem is streamed into a first block
+    without expansion ("the trick" for the first layer), and the head conv into the global pool.
+    Expansions that carry a shortcut (Fig. 6b ablation) must be materialized. The input image is
+    not counted. For MobileNetV2 1.0 at 224 the peak is 112x112x16 at 16 bits: 401,408 bytes.
+    """
+    tensors: list[tuple[int, int]] = []  # (side length, channels)
+    if spec.blocks[0].expand:
+        tensors.append((spec.stem_size, spec.stem_channels))
+    for index, block in enumerate(spec.blocks):
+        following = spec.blocks[index + 1] if index + 1 < len(spec.blocks) else None
+        if block.expansion_residual or (following is not None and following.expansion_residual):
+            tensors.append((block.in_size, block.hidden_channels))
+        tensors.append((block.out_size, block.out_channels))
+    tensors += [(1, spec.head_channels), (1, spec.num_classes)]
+    widest: dict[int, int] = {}
+    for size, channels in tensors:
+        widest[size] = max(widest.get(size, 0), channels)
+    return [ActivationRow(s, c, s * s * c * bytes_per_value) for s, c in sorted(widest.items(), reverse=True)]
+
+
+@dataclass(frozen=True)
+class FvcoreCount:
+    """fvcore's count of a built module, by operator, and the module's parameter count."""
+
+    by_operator: dict[str, int]
+    module_params: int  # every nn.Parameter, BatchNorm's weight and bias included
+
+    @property
+    def madds(self) -> int:
+        """Convolution + linear: the part of fvcore's count that the MAdds convention keeps."""
+        return sum(self.by_operator.get(op, 0) for op in MADD_OPERATORS)
+
+
+MADD_OPERATORS = ("conv", "linear", "addmm")  # fvcore names the classifier 'linear' (older torch: 'addmm')
+
+
+def fvcore_count(spec: ArchSpec) -> FvcoreCount:
+    """Build the module and count it with fvcore (batch 1, eval mode): the independent check.
+
+    fvcore also counts BatchNorm and pooling; they are reported by operator and left out of MAdds.
+    """
+    import warnings
+
+    import torch
+
+    from mbv2_search.model import build_model
+
+    model = build_model(spec).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # fvcore uses torch.jit, deprecated in torch 2.x
+        from fvcore.nn import FlopCountAnalysis
+
+        analysis = FlopCountAnalysis(model, torch.zeros(1, spec.in_channels, spec.resolution, spec.resolution))
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        by_operator = {op: int(count) for op, count in analysis.by_operator().items()}
+    return FvcoreCount(by_operator, sum(p.numel() for p in model.parameters()))

@@ -1,0 +1,1 @@
+"""Reports: analysis returns data (pandas), figures draw it (plotly). No torch here."""
