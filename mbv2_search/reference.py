@@ -1,4 +1,4 @@
-"""The published numbers shipped with the package (mbv2_search/data, copied from the sources)."""
+"""The published numbers shipped with the package (mbv2_search/published, copied from the sources)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pandas as pd
 
 
 def _read(name: str) -> pd.DataFrame:
-    with resources.files("mbv2_search.data").joinpath(name).open("r") as handle:
+    with resources.files("mbv2_search.published").joinpath(name).open("r") as handle:
         return pd.read_csv(handle)
 
 

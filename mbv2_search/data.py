@@ -1,0 +1,284 @@
+"""Datasets as tensors on the training device, batched on-device augmentation; image folders via DataLoader.
+
+Nothing is downloaded: digits ship with scikit-learn, CIFAR and image folders come from local disk.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+SPLIT_SEED = 0  # fixed, so every trial of a study sees the same train/val/test split
+
+
+class DataError(ValueError):
+    """Data the user must provide is missing or malformed; the message says what is expected where."""
+
+
+@dataclass
+class Split:
+    """Images (uint8 or float, N x C x H x W) and labels (N) on one device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TensorData:
+    """A dataset that fits in memory: three splits on the device plus how to prepare batches."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resolution: int
+    flip: bool  # horizontal flips are label-preserving (not for digits)
+    translate: float  # random translation, as a fraction of the side
+
+    def loader(
+        self, split: str, batch_size: int, *, train: bool = False, seed: int = 0, channels_last: bool = False
+    ) -> DeviceBatches:
+        """Iterable of (images, labels) batches for a split, augmented when train is True."""
+        return DeviceBatches(
+            self, getattr(self, split), batch_size, train=train, seed=seed, channels_last=channels_last
+        )
+
+
+class DeviceBatches:
+    """Batches cut from on-device tensors: no DataLoader, no per-image Python (as airbench does)."""
+
+    def __init__(
+        self, data: TensorData, split: Split, batch_size: int, *, train: bool, seed: int, channels_last: bool
+    ) -> None:
+        self.data, self.split, self.batch_size, self.train = data, split, batch_size, train
+        self.channels_last = channels_last
+        device = split.images.device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        shape = (1, -1, 1, 1)
+        self.mean = torch.tensor(data.mean, device=device).view(shape)
+        self.std = torch.tensor(data.std, device=device).view(shape)
+
+    def __len__(self) -> int:
+        # training drops the last partial batch so every step has the same shape (BatchNorm, compile)
+        count = len(self.split) / self.batch_size
+        return max(1, math.floor(count)) if self.train else math.ceil(count)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        images, labels = self.split.images, self.split.labels
+        n = len(labels)
+        if self.train:
+            order = torch.randperm(n, device=images.device, generator=self.generator)
+        else:
+            order = torch.arange(n, device=images.device)
+        for step in range(len(self)):
+            index = order[step * self.batch_size : (step + 1) * self.batch_size]
+            yield self.prepare(images[index]), labels[index]
+
+    def prepare(self, batch: torch.Tensor) -> torch.Tensor:
+        """To float, normalized, at the candidate's resolution, augmented when training."""
+        batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
+        batch = (batch - self.mean) / self.std
+        if batch.shape[-1] != self.data.resolution:
+            batch = F.interpolate(
+                batch, size=self.data.resolution, mode="bilinear", antialias=True, align_corners=False
+            )
+        if self.train:
+            batch = self._augment(batch)
+        if batch.shape[1] == 1:
+            batch = batch.expand(-1, 3, -1, -1)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        return batch.contiguous(memory_format=memory_format)
+
+    def _augment(self, batch: torch.Tensor) -> torch.Tensor:
+        size, device = batch.shape[-1], batch.device
+        shift = round(self.data.translate * size)
+        if shift:
+            batch = random_translate(batch, shift, self.generator)
+        if self.data.flip:
+            flip = torch.rand(len(batch), device=device, generator=self.generator) < 0.5
+            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
+        return batch
+
+
+def random_translate(batch: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to `shift` pixels each way (zero fill): pad once, gather per image."""
+    n, _, height, width = batch.shape
+    padded = F.pad(batch, (shift, shift, shift, shift))
+    dy = torch.randint(0, 2 * shift + 1, (n, 1), device=batch.device, generator=generator)
+    dx = torch.randint(0, 2 * shift + 1, (n, 1), device=batch.device, generator=generator)
+    rows = torch.arange(height, device=batch.device) + dy  # n x H
+    cols = torch.arange(width, device=batch.device) + dx  # n x W
+    images = torch.arange(n, device=batch.device).view(n, 1, 1)
+    return padded.permute(0, 2, 3, 1)[images, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def _split_indices(n: int, fractions: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    n_val, n_test = round(n * fractions[0]), round(n * fractions[1])
+    return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
+
+
+def load_digits(resolution: int, device: torch.device) -> TensorData:
+    """scikit-learn's bundled 8x8 digits (1,797 images), split 70/15/15, resized once to the resolution."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = F.interpolate(images, size=resolution, mode="bilinear", align_corners=False)
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    train, val, test = (
+        Split(images[i].to(device), labels[i].to(device)) for i in _split_indices(len(labels), (0.15, 0.15))
+    )
+    mean, std = train.images.mean().item(), train.images.std().item()
+    return TensorData("digits", train, val, test, 10, (mean,), (std,), resolution, flip=False, translate=0.125)
+
+
+_CIFAR = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels", 10),
+    "cifar100": ("cifar-100-python", ["train"], "test", b"fine_labels", 100),
+}
+_CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"{path}: missing; expected the CIFAR python-format batch file here")
+    try:
+        with path.open("rb") as handle:
+            entry = pickle.load(handle, encoding="bytes")  # noqa: S301 - the standard CIFAR format is a pickle
+        images = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+    except Exception as err:  # a damaged file can fail in many ways; all mean the same to the user
+        raise DataError(f"{path}: not a readable CIFAR batch ({type(err).__name__}: {err})") from None
+    if len(images) != len(labels):
+        raise DataError(f"{path}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+def load_cifar(
+    name: str, data_dir: str | Path | None, resolution: int, device: torch.device, val_fraction: float = 0.1
+) -> TensorData:
+    """CIFAR-10/100 from a local folder in the standard python format (torchvision's layout)."""
+    folder_name, train_files, test_file, label_key, classes = _CIFAR[name]
+    if data_dir is None:
+        raise DataError(
+            f"{name}: no data folder given; pass --data-dir (or data.dir) pointing at the folder holding {folder_name}/"
+        )
+    root = Path(data_dir)
+    folder = root if (root / test_file).exists() else root / folder_name
+    if not folder.is_dir():
+        raise DataError(
+            f"{root}: expected {folder_name}/ with {', '.join(train_files)} and {test_file} (the standard CIFAR python format)"
+        )
+    parts = [_read_cifar_batch(folder / f, label_key) for f in train_files]
+    images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    test_images, test_labels = _read_cifar_batch(folder / test_file, label_key)
+    if labels.min() < 0 or labels.max() >= classes:
+        raise DataError(f"{folder}: labels outside 0..{classes - 1}")
+    train_index, val_index, _ = _split_indices(len(labels), (val_fraction, 0.0))
+
+    def split(x: np.ndarray, y: np.ndarray) -> Split:
+        return Split(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+
+    return TensorData(
+        name,
+        split(images[train_index], labels[train_index]),
+        split(images[val_index], labels[val_index]),
+        split(test_images, test_labels),
+        classes,
+        _CIFAR_MEAN,
+        _CIFAR_STD,
+        resolution,
+        flip=True,
+        translate=4 / 32,  # the usual 4-pixel pad-and-crop
+    )
+
+
+@dataclass
+class FolderData:
+    """An image folder (train/ and val/ of class folders) read by DataLoader worker processes."""
+
+    name: str
+    root: Path
+    num_classes: int
+    resolution: int
+    workers: int
+
+    def loader(self, split: str, batch_size: int, *, train: bool = False, seed: int = 0, channels_last: bool = False):
+        """A DataLoader: RandomResizedCrop + flip for training, resize + 0.875 center crop for evaluation."""
+        from torchvision import datasets, transforms
+
+        normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        if train:
+            steps = [transforms.RandomResizedCrop(self.resolution), transforms.RandomHorizontalFlip()]
+        else:
+            steps = [transforms.Resize(round(self.resolution / 0.875)), transforms.CenterCrop(self.resolution)]
+        folder = "train" if split == "train" else "val"
+        dataset = datasets.ImageFolder(
+            str(self.root / folder), transforms.Compose([*steps, transforms.ToTensor(), normalize])
+        )
+        generator = torch.Generator().manual_seed(seed)
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.workers > 0,
+            generator=generator,
+        )
+
+
+def load_imagefolder(data_dir: str | Path | None, resolution: int, workers: int) -> FolderData:
+    """Check an image folder's layout; the val/ split serves as both validation and test."""
+    if data_dir is None:
+        raise DataError(
+            "imagefolder: no data folder given; pass --data-dir (or data.dir) with train/ and val/ of class sub-folders"
+        )
+    root = Path(data_dir)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError(f"{root / split}: missing; expected train/ and val/, each with one sub-folder per class")
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    val_classes = sorted(p.name for p in (root / "val").iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root / 'train'}: no class sub-folders")
+    if val_classes != classes:
+        raise DataError(f"{root}: train/ has {len(classes)} classes but val/ has {len(val_classes)}; they must match")
+    return FolderData("imagefolder", root, len(classes), resolution, workers)
+
+
+def load_dataset(
+    name: str, resolution: int, device: torch.device, data_dir: str | Path | None = None, workers: int = 4
+) -> TensorData | FolderData:
+    """Load a dataset by name for a candidate's resolution.
+
+    Args:
+        name: one of digits, cifar10, cifar100, imagefolder.
+        resolution: the candidate's input resolution.
+        device: where in-memory datasets live (the training device).
+        data_dir: the local folder for cifar10/cifar100/imagefolder.
+        workers: DataLoader worker processes for imagefolder.
+    """
+    if name == "digits":
+        return load_digits(resolution, device)
+    if name in _CIFAR:
+        return load_cifar(name, data_dir, resolution, device)
+    if name == "imagefolder":
+        return load_imagefolder(data_dir, resolution, workers)
+    raise DataError(f"dataset: got {name!r}; allowed: {', '.join(DATASETS)}")

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mbv2_search.data import DataError, load_dataset, random_translate
+
+CPU = torch.device("cpu")
+
+
+def write_cifar(root, name="cifar10", n=20):
+    """A tiny CIFAR-format folder the test makes itself."""
+    folder, files, test, key, classes = {
+        "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels", 10),
+        "cifar100": ("cifar-100-python", ["train"], "test", b"fine_labels", 100),
+    }[name]
+    directory = root / folder
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for file_name in [*files, test]:
+        entry = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), key: list(rng.integers(0, classes, n))}
+        (directory / file_name).write_bytes(pickle.dumps(entry))
+    return root
+
+
+def test_digits_split_is_fixed_and_resized():
+    a = load_dataset("digits", 16, CPU)
+    b = load_dataset("digits", 16, CPU)
+    assert (len(a.train), len(a.val), len(a.test)) == (1257, 270, 270)
+    assert a.train.images.shape[1:] == (1, 16, 16) and torch.equal(a.val.labels, b.val.labels)
+    x, y = next(iter(a.loader("train", 32, train=True, seed=1)))
+    assert x.shape == (32, 3, 16, 16) and y.shape == (32,)
+
+
+def test_cifar_folder_loads_with_flip_and_translate(tmp_path):
+    data = load_dataset("cifar10", 24, CPU, write_cifar(tmp_path))
+    assert data.num_classes == 10 and data.flip and data.train.images.dtype == torch.uint8
+    assert len(data.train) + len(data.val) == 100 and len(data.test) == 20
+    x, _ = next(iter(data.loader("train", 8, train=True, channels_last=True)))
+    assert x.shape == (8, 3, 24, 24) and x.is_contiguous(memory_format=torch.channels_last)
+    assert load_dataset("cifar100", 32, CPU, write_cifar(tmp_path / "c100", "cifar100")).num_classes == 100
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda root: None, "expected cifar-10-batches-py/"),
+        (
+            lambda root: (write_cifar(root), (root / "cifar-10-batches-py" / "data_batch_3").unlink()),
+            "data_batch_3: missing",
+        ),
+        (
+            lambda root: (write_cifar(root), (root / "cifar-10-batches-py" / "test_batch").write_bytes(b"garbage")),
+            "test_batch: not a readable CIFAR batch",
+        ),
+    ],
+)
+def test_cifar_errors_say_what_is_expected_where(tmp_path, damage, needle):
+    damage(tmp_path)
+    with pytest.raises(DataError, match=needle):
+        load_dataset("cifar10", 32, CPU, tmp_path)
+
+
+def test_cifar_needs_a_folder():
+    with pytest.raises(DataError, match="pass --data-dir"):
+        load_dataset("cifar10", 32, CPU, None)
+
+
+def test_image_folder(tmp_path):
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((40, 30, 3), 40 * i, dtype=np.uint8)).save(
+                    tmp_path / split / label / f"{i}.png"
+                )
+    data = load_dataset("imagefolder", 16, CPU, tmp_path, workers=0)
+    assert data.num_classes == 2
+    x, y = next(iter(data.loader("train", 4, train=True)))
+    assert x.shape == (4, 3, 16, 16)
+    x, y = next(iter(data.loader("val", 6)))
+    assert x.shape == (6, 3, 16, 16) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+    (tmp_path / "val" / "dog").rename(tmp_path / "val" / "bird")
+    with pytest.raises(DataError, match="must match"):
+        load_dataset("imagefolder", 16, CPU, tmp_path)
+
+
+def test_random_translate_moves_content_within_bounds():
+    batch = torch.zeros(64, 1, 9, 9)
+    batch[:, :, 4, 4] = 1.0
+    moved = random_translate(batch, 2, torch.Generator().manual_seed(0))
+    positions = moved[:, 0].flatten(1).argmax(1)
+    rows, cols = positions // 9, positions % 9
+    assert moved.sum() == 64  # nothing lost: the dot moves at most 2 pixels
+    assert rows.min() >= 2 and rows.max() <= 6 and cols.min() >= 2 and cols.max() <= 6
+    assert len(set(positions.tolist())) > 5
