@@ -312,8 +312,15 @@ def build_spec(knobs: Knobs | None = None, table: Table = MOBILENET_V2) -> ArchS
     stem_stride = knobs.stem_stride or table.stem_stride
     rows = _resolved_rows(table, knobs)
 
+    # every stride-2 layer needs at least a 2x2 input, else it downsamples nothing
     total_stride = stem_stride * math.prod(r.s for r in rows)
-    _check("resolution", knobs.resolution, knobs.resolution >= total_stride, f">= the total stride {total_stride}")
+    minimum = total_stride // 2 + 1 if total_stride > 1 else 1
+    _check(
+        "resolution",
+        knobs.resolution,
+        knobs.resolution >= minimum,
+        f">= {minimum} (total stride {total_stride}: each stride-2 layer needs a 2x2 input)",
+    )
 
     stem = table.stem_channels if knobs.fix_stem_head else make_divisible(table.stem_channels * width)
     if knobs.fix_stem_head:

@@ -468,6 +468,195 @@ def train(
     )
 
 
+def _context(study_file: Path, storage: str | None, reports: Path) -> Any:
+    from mbv2_search.search import load_context
+
+    return load_context(study_file, storage, reports)
+
+
+_STUDY_ARGS = [
+    click.argument("study_file", type=click.Path(path_type=Path, dir_okay=True)),
+    click.option(
+        "--storage",
+        help="Optuna storage URL (postgresql://...); default: MBV2_STORAGE, the study's storage:, or a journal file in reports/<study>/.",
+    ),
+    click.option(
+        "--reports",
+        type=click.Path(path_type=Path),
+        default=Path("reports"),
+        show_default=True,
+        help="Root of the report folders.",
+    ),
+]
+
+
+def study_args(command: Callable) -> Callable:
+    """The study file argument and the storage and reports options."""
+    for decorator in reversed(_STUDY_ARGS):
+        command = decorator(command)
+    return command
+
+
+def _short(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+class _SearchProgress:
+    """A rich progress bar: trials done/total, the running trial's knobs, Pareto front size, ETA."""
+
+    def __init__(self, ctx: Any, study: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.ctx, self.study = ctx, study
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task(ctx.study.name, total=ctx.study.n_trials, info="")
+
+    def refresh(self, running: list[dict[str, Any]] | None = None) -> None:
+        from mbv2_search.search import snapshot
+
+        snap = snapshot(self.study, self.ctx)
+        eta = f"ETA {snap['eta_seconds'] / 60:.1f} min" if snap["eta_seconds"] else "ETA -"
+        shown = running if running is not None else snap["running_params"]
+        knobs = "; ".join(_short(p) for p in shown[:2])
+        self.progress.update(
+            self.task,
+            completed=snap["done"],
+            info=f"front {snap['front']}  infeasible {snap['infeasible']}  failed {snap['failed']}  {eta}  {knobs}",
+        )
+
+    def on_event(self, kind: str, trial: Any) -> None:
+        self.refresh([trial.params] if kind == "start" else [])
+
+
+@cli.command()
+@study_args
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    help="Local worker processes (default: the study's workers:); they split the CPU cores or take one GPU each.",
+)
+def run(study_file: Path, storage: str | None, reports: Path, workers: int | None) -> None:
+    """Run a study to n_trials (resuming where it stopped), then print its Pareto front."""
+    import time
+
+    from mbv2_search.search import StudyMismatch, open_study, start_workers, work
+
+    ctx = _context(study_file, storage, reports)
+    try:
+        study = open_study(ctx)
+    except StudyMismatch as err:
+        raise UserError(str(err)) from None
+    workers = workers or ctx.study.workers
+    view = _SearchProgress(ctx, study)
+    with view.progress:
+        view.refresh()
+        if workers == 1:
+            try:
+                work(ctx, on_event=view.on_event)
+            except KeyboardInterrupt:
+                console.print("interrupted: the running trial will run again when you resume")
+                sys.exit(130)
+        else:
+            processes = start_workers(ctx, workers, reports)
+            try:
+                while any(p.is_alive() for p in processes):
+                    view.refresh()
+                    time.sleep(1.0)
+            except KeyboardInterrupt:
+                for process in processes:
+                    process.join(timeout=30)  # each got the Ctrl-C too and marks its trial for rerun
+                console.print("interrupted: running trials will run again when you resume")
+                sys.exit(130)
+        view.refresh([])
+    _print_status(ctx, study)
+
+
+@cli.command()
+@study_args
+@click.option("--device", default=None, help="Training device for this worker (default: the study's training.device).")
+def worker(study_file: Path, storage: str | None, reports: Path, device: str | None) -> None:
+    """Join an existing study as one more worker (from another shell or machine)."""
+    from mbv2_search.search import StudyMismatch, work
+
+    ctx = _context(study_file, storage, reports)
+    try:
+        report = work(ctx, device=device or ctx.study.training.device)
+    except StudyMismatch as err:
+        raise UserError(str(err)) from None
+    console.print(
+        f"worker done: {report.ran} trials run, {report.failed} failed, {report.recovered} stale trials recovered"
+    )
+
+
+def _print_status(ctx: Any, study: Any) -> None:
+    from mbv2_search.report.analysis import pareto_mask, trials_frame
+    from mbv2_search.search import counts
+
+    trials = study.get_trials(deepcopy=False)
+    state = counts(trials)
+    decided = state["complete"]
+    share = state["infeasible"] / decided if decided else 0.0
+    console.print(
+        f"study [bold]{ctx.study.name}[/bold] ({ctx.study.n_trials} trials asked): {state['complete']} complete "
+        f"({state['infeasible']} infeasible, not trained: {share:.0%}), {state['failed']} failed, {state['running']} running, "
+        f"{state['waiting']} waiting, {state['excluded']} excluded (stale/interrupted/surplus)"
+    )
+    frame = trials_frame(trials, ctx.study.objectives)
+    if frame.empty or not frame["eligible"].any():
+        console.print("no trained trials yet")
+        return
+    front = frame[pareto_mask(frame, ctx.study.objectives)].sort_values(ctx.study.objectives[-1])
+    knob_columns = [c for c in frame.columns if c in trials[0].params or any(c in t.params for t in trials)]
+    shown = front[["number", *knob_columns, "madds", "params", "val_acc", "test_acc"]].copy()
+    shown["madds"] = (shown["madds"] / 1e6).round(3)
+    shown["params"] = (shown["params"] / 1e6).round(3)
+    shown = shown.rename(columns={"madds": "MAdds (M)", "params": "params (M)"})
+    _print_frame(
+        shown.round(4), "table", title=f"Pareto front ({', '.join(ctx.study.objectives)}): {len(front)} trials"
+    )
+
+
+@cli.command()
+@study_args
+def status(study_file: Path, storage: str | None, reports: Path) -> None:
+    """Counts by state, the infeasible fraction and the Pareto front of a study."""
+    from mbv2_search.search import open_study
+
+    ctx = _context(study_file, storage, reports)
+    try:
+        study = open_study(ctx, create=False)
+    except KeyError:
+        raise UserError(f"{study_file}: no study '{ctx.study.name}' in {ctx.storage_url} yet; run it first") from None
+    _print_status(ctx, study)
+
+
+@cli.command()
+@study_args
+@click.option("--trial", "number", type=int, required=True, help="The trial number to export.")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default reports/<study>/export).")
+def export(study_file: Path, storage: str | None, reports: Path, number: int, out: Path | None) -> None:
+    """Write a trial's block table (YAML for cost/arch/train --table) and its weights (torchvision layout)."""
+    from mbv2_search.search import export_trial
+
+    ctx = _context(study_file, storage, reports)
+    try:
+        written = export_trial(ctx, number, out)
+    except KeyError:
+        raise UserError(f"{study_file}: no study '{ctx.study.name}' in storage yet; run it first") from None
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    for kind, path in written.items():
+        console.print(f"{kind}: {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors and exit 2 for bad input, no tracebacks for user mistakes."""
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -213,9 +214,17 @@ def parse(model: type[Strict], data: dict[str, Any], path: str | Path) -> Any:
         raise _config_error(model, err, path) from None
 
 
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|(list|dict|tuple)\[.*\]|function-\w+\[.*\]|[A-Z]\w*)$")
+
+
 def _config_error(model: type[BaseModel], err: ValidationError, path: str | Path) -> ConfigError:
-    first = err.errors()[0]
-    loc = tuple(first["loc"])
+    # a union reports one error per branch, tagged in loc: keep the deepest, drop the tags
+    errors = [
+        {**e, "loc": tuple(p for p in e["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))}
+        for e in err.errors()
+    ]
+    first = max(errors, key=lambda e: len(e["loc"]))
+    loc = first["loc"]
     key = _dotted(loc)
     if first["type"] == "extra_forbidden":
         return ConfigError(path, key, _unknown_key(loc[-1], _fields_at(model, loc[:-1])))
@@ -284,3 +293,140 @@ def check_arch(arch_file: ArchFile, path: str | Path, section: str = "") -> None
         raise ConfigError(
             path, f"{section}{where}.{err.field_name}", f"got {err.value!r}; allowed: {err.allowed}"
         ) from None
+
+
+OBJECTIVES = {
+    "val_acc": "maximize",
+    "madds": "minimize",
+    "params": "minimize",
+    "peak_activation_bytes": "minimize",
+    "latency_ms": "minimize",
+}
+COSTS = ("madds", "params", "peak_activation_bytes", "latency_ms")
+
+
+class DataModel(Strict):
+    dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
+    dir: str | None = None
+    workers: int = Field(4, ge=0)
+
+
+class TrainingModel(Strict):
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    recipe: Literal["fast", "paper"] = "fast"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    max_minutes: float | None = Field(None, gt=0)
+
+    @field_validator("overrides")
+    @classmethod
+    def _recipe_fields(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        from mbv2_search.train import Recipe
+
+        for key in overrides:
+            if key not in Recipe.model_fields:
+                raise UnknownKey(key, Recipe.model_fields)
+        return overrides
+
+    def recipe_model(self) -> Any:
+        """The named recipe with the overrides applied."""
+        from mbv2_search.train import RECIPES
+
+        return RECIPES[self.recipe].model_validate({**RECIPES[self.recipe].model_dump(), **self.overrides})
+
+
+class SamplerModel(Strict):
+    name: Literal["tpe", "nsga2", "random", "grid", "gp"] = "tpe"
+    seed: int | None = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LatencyModel(Strict):
+    repeats: int = Field(30, ge=1)
+    warmup: int = Field(5, ge=0)
+
+
+class StudyFile(Strict):
+    """A study: a space, data, a training budget, objectives, constraints, sampler and storage."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    description: str | None = None
+    space: str | ArchFile
+    data: DataModel = DataModel()
+    training: TrainingModel = TrainingModel()
+    objectives: list[Literal["val_acc", "madds", "params", "peak_activation_bytes", "latency_ms"]] = Field(
+        default_factory=lambda: ["val_acc", "madds"], min_length=1, max_length=3
+    )
+    constraints: dict[str, float | str] = Field(default_factory=dict)
+    sampler: SamplerModel = SamplerModel()
+    n_trials: int = Field(ge=1, le=1_000_000)
+    timeout_minutes: float | None = Field(None, gt=0)
+    workers: int = Field(1, ge=1, le=256)
+    storage: str | None = None
+    baselines: list[dict[str, Any]] = Field(default_factory=list)
+    latency: LatencyModel = LatencyModel()
+    heartbeat_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("objectives")
+    @classmethod
+    def _unique(cls, objectives: list[str]) -> list[str]:
+        if len(set(objectives)) != len(objectives):
+            raise ValueError("each objective may appear once")
+        return objectives
+
+    @field_validator("constraints")
+    @classmethod
+    def _upper_bounds(cls, constraints: dict[str, float | str]) -> dict[str, float]:
+        bounds = {}
+        for key, value in constraints.items():
+            if key not in COSTS:
+                raise UnknownKey(key, COSTS)
+            try:
+                bounds[key] = float(value)  # YAML reads 100e6 as a string; accept it
+            except ValueError:
+                raise ValueError(f"{key}: got {value!r}; allowed: a number (an upper bound)") from None
+            if bounds[key] <= 0:
+                raise ValueError(f"{key}: got {value!r}; allowed: a positive upper bound")
+        return bounds
+
+
+def load_study(path: str | Path) -> tuple[StudyFile, ArchFile]:
+    """Read and validate a study file and its space (a path relative to the study, or inline)."""
+    path = Path(path)
+    study = parse(StudyFile, read_yaml(path), path)
+    if isinstance(study.space, str):
+        space_path = (path.parent / study.space) if not Path(study.space).is_absolute() else Path(study.space)
+        if not space_path.exists():
+            raise ConfigError(path, "space", f"got {study.space!r}; no such file (resolved to {space_path})")
+        arch_file = load_arch_file(space_path)
+    else:
+        arch_file = study.space
+        check_arch(arch_file, path, section="space.")
+    _check_study(study, arch_file, path)
+    return study, arch_file
+
+
+def _check_study(study: StudyFile, arch_file: ArchFile, path: Path) -> None:
+    from mbv2_search import space
+
+    if not arch_file.vary:
+        raise ConfigError(path, "space.vary", "nothing varies; a search needs at least one knob in vary:")
+    if study.sampler.name == "grid":
+        try:
+            space.grid(arch_file)
+        except ValueError as err:
+            raise ConfigError(path, "space", str(err)) from None
+    names = space.param_names(arch_file)
+    for index, baseline in enumerate(study.baselines):
+        for name, value in baseline.items():
+            if name not in names:
+                raise ConfigError(path, f"baselines[{index}].{name}", _unknown_key(name, names))
+            if not space.contains(arch_file, name, value):
+                raise ConfigError(
+                    path,
+                    f"baselines[{index}].{name}",
+                    f"got {value!r}; allowed: a value inside the space's vary.{name.rsplit('_', 1)[0] if name not in arch_file.vary else name}",
+                )

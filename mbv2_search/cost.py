@@ -174,3 +174,27 @@ def fvcore_count(spec: ArchSpec) -> FvcoreCount:
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         by_operator = {op: int(count) for op, count in analysis.by_operator().items()}
     return FvcoreCount(by_operator, sum(p.numel() for p in model.parameters()))
+
+
+def measure_latency_ms(spec: ArchSpec, device: str = "cpu", repeats: int = 30, warmup: int = 5) -> float:
+    """Median batch-1 inference latency in milliseconds on this host, after warm-up runs."""
+    import statistics
+    import time
+
+    import torch
+
+    from mbv2_search.model import build_model
+
+    model = build_model(spec).eval().to(device)
+    image = torch.randn(1, spec.in_channels, spec.resolution, spec.resolution, device=device)
+    cuda = torch.device(device).type == "cuda"
+    times = []
+    with torch.inference_mode():
+        for index in range(warmup + repeats):
+            start = time.perf_counter()
+            model(image)
+            if cuda:
+                torch.cuda.synchronize()
+            if index >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000

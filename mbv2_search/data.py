@@ -144,7 +144,9 @@ def load_digits(resolution: int, device: torch.device) -> TensorData:
         Split(images[i].to(device), labels[i].to(device)) for i in _split_indices(len(labels), (0.15, 0.15))
     )
     mean, std = train.images.mean().item(), train.images.std().item()
-    return TensorData("digits", train, val, test, 10, (mean,), (std,), resolution, flip=False, translate=0.125)
+    # 1/16 of the side is half an original pixel: a 1/8 shift (a whole 8x8 pixel) slowed short runs
+    # from 97% to 95% validation accuracy after 10 epochs (width 0.35 at 32 px, measured)
+    return TensorData("digits", train, val, test, 10, (mean,), (std,), resolution, flip=False, translate=1 / 16)
 
 
 _CIFAR = {

@@ -98,7 +98,7 @@ def test_every_knob_is_a_flag(capsys):
     ("argv", "needle"),
     [
         (["cost", "--width", "0"], "--width: got 0.0"),
-        (["cost", "--resolution", "8"], "--resolution: got 8; allowed: >= the total stride 32"),
+        (["cost", "--resolution", "8"], "--resolution: got 8; allowed: >= 17 (total stride 32"),
         (["cost", "--strides", "1,2"], "--strides"),
         (["cost", "--expansion", "x"], "--expansion: got 'x'"),
         (["cost", "--convention", "keras"], "'keras' is not one of"),

@@ -1,0 +1,468 @@
+"""The search: storage, sampler, objective, constraints, workers, heartbeats and resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from mbv2_search import __version__, space
+from mbv2_search.arch import ArchError, build_spec
+from mbv2_search.config import OBJECTIVES, ArchFile, StudyFile, load_study
+from mbv2_search.cost import costs
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+EXCLUDED = "excluded"  # user attr on trials that do not count: stale, interrupted or surplus (reason as value)
+
+
+@dataclass
+class Context:
+    """A loaded study file and where its study lives."""
+
+    path: Path
+    study: StudyFile
+    arch_file: ArchFile
+    storage_url: str
+    report_dir: Path
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna directions of the objectives."""
+        return [OBJECTIVES[name] for name in self.study.objectives]
+
+
+def default_storage(report_dir: Path) -> str:
+    """A journal file: safe for several local processes at once (file lock), no 'database is locked'."""
+    return f"journal:{report_dir / 'study.journal'}"
+
+
+def load_context(path: str | Path, storage: str | None = None, reports_root: str | Path = "reports") -> Context:
+    """Load a study file; storage comes from the flag, then MBV2_STORAGE, then the file, then the default."""
+    study, arch_file = load_study(path)
+    report_dir = Path(reports_root) / study.name
+    url = storage or os.environ.get("MBV2_STORAGE") or study.storage or default_storage(report_dir)
+    return Context(Path(path), study, arch_file, url, report_dir)
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage from a URL: 'journal:PATH' or an RDB URL (postgresql://, sqlite://)."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        file_path = Path(url.removeprefix("journal:"))
+        file_path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(file_path)))
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+def make_sampler(ctx: Context) -> optuna.samplers.BaseSampler:
+    """The study's sampler; Optuna 5 reads constraints from trial.set_constraint, not constraints_func."""
+    config = ctx.study.sampler
+    options = dict(config.options)
+    if config.name == "grid":
+        return optuna.samplers.GridSampler(space.grid(ctx.arch_file), seed=config.seed)
+    if config.name == "random":
+        return optuna.samplers.RandomSampler(seed=config.seed)
+    if config.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=config.seed, **options)
+    if config.name == "gp":
+        return optuna.samplers.GPSampler(seed=config.seed, **options)
+    return optuna.samplers.TPESampler(seed=config.seed, **options)
+
+
+def space_fingerprint(ctx: Context) -> str:
+    """What makes trials comparable: the space, data, training budget and objectives."""
+    study = ctx.study
+    return json.dumps(
+        {
+            "space": ctx.arch_file.model_dump(exclude={"name", "description"}),
+            "data": study.data.dataset,
+            "training": study.training.model_dump(exclude={"device", "precision"}),
+            "objectives": study.objectives,
+            "constraints": study.constraints,
+        },
+        sort_keys=True,
+    )
+
+
+class StudyMismatch(ValueError):
+    """The study file changed in a way that makes stored trials incomparable."""
+
+
+def open_study(ctx: Context, *, create: bool = True) -> optuna.Study:
+    """Create or load the study; refuse a stored study whose space differs from the file's."""
+    storage = make_storage(ctx.storage_url)
+    name = ctx.study.name
+    if not create:
+        return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(ctx))
+    study = optuna.create_study(
+        study_name=name, storage=storage, sampler=make_sampler(ctx), directions=ctx.directions, load_if_exists=True
+    )
+    fingerprint = space_fingerprint(ctx)
+    stored = study.user_attrs.get("fingerprint")
+    if stored is None:
+        study.set_user_attr("fingerprint", fingerprint)
+        study.set_user_attr("study_file", ctx.study.model_dump(mode="json", exclude={"storage"}))
+        for baseline in ctx.study.baselines:
+            study.enqueue_trial(baseline, user_attrs={"baseline": True}, skip_if_exists=True)
+    elif stored != fingerprint:
+        raise StudyMismatch(
+            f"{ctx.path}: the stored study '{name}' was run with a different space, data, budget, objectives or constraints; "
+            f"rename the study (name:) or choose another storage to start a new one"
+        )
+    return study
+
+
+def counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    """Trials by state, with excluded ones (stale, interrupted, surplus) apart and infeasible counted."""
+    out = {"complete": 0, "infeasible": 0, "failed": 0, "running": 0, "waiting": 0, "excluded": 0}
+    for t in trials:
+        if EXCLUDED in t.user_attrs:
+            out["excluded"] += 1
+        elif t.state == TrialState.COMPLETE:
+            out["complete"] += 1
+            out["infeasible"] += not t.user_attrs.get("feasible", True)
+        elif t.state == TrialState.FAIL:
+            out["failed"] += 1
+        elif t.state == TrialState.RUNNING:
+            out["running"] += 1
+        elif t.state == TrialState.WAITING:
+            out["waiting"] += 1
+    return out
+
+
+def _budget_used(trials: list[optuna.trial.FrozenTrial], below: int | None = None) -> int:
+    """Trials that count towards n_trials: finished or running, not excluded."""
+    live = (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING, TrialState.PRUNED)
+    return sum(
+        1 for t in trials if t.state in live and EXCLUDED not in t.user_attrs and (below is None or t.number < below)
+    )
+
+
+def recover_stale(study: optuna.Study, grace_seconds: float) -> list[int]:
+    """Fail RUNNING trials whose heartbeat stopped (a killed worker) and enqueue them to run again."""
+    now = time.time()
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.user_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
+        if now - beat > grace_seconds:
+            _exclude(study, t._trial_id, "stale: its worker stopped sending heartbeats")
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            recovered.append(t.number)
+    return recovered
+
+
+def _exclude(study: optuna.Study, trial_id: int, reason: str) -> None:
+    study._storage.set_trial_user_attr(trial_id, EXCLUDED, reason)
+
+
+class Heartbeat:
+    """Writes a timestamp to the running trial every few seconds, so other workers can tell it is alive."""
+
+    def __init__(self, trial: optuna.Trial, seconds: float) -> None:
+        self.trial, self.seconds = trial, seconds
+        self.stop_event = threading.Event()
+        trial.set_user_attr("heartbeat", time.time())
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        while not self.stop_event.wait(self.seconds):
+            with contextlib.suppress(Exception):  # a storage hiccup must not kill training; the next beat retries
+                self.trial.set_user_attr("heartbeat", time.time())
+
+    def stop(self) -> None:
+        """Stop beating."""
+        self.stop_event.set()
+        self.thread.join()
+
+
+class Evaluator:
+    """Turns one Optuna trial into costs, a feasibility verdict and, if feasible, a trained result."""
+
+    def __init__(self, ctx: Context, device: str) -> None:
+        self.ctx, self.device = ctx, device
+        self._data: dict[int, Any] = {}
+
+    def _dataset(self, resolution: int, torch_device: Any) -> Any:
+        from mbv2_search.data import load_dataset
+
+        if resolution not in self._data:
+            config = self.ctx.study.data
+            self._data = {
+                resolution: load_dataset(config.dataset, resolution, torch_device, config.dir, config.workers)
+            }
+        return self._data[resolution]
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        from dataclasses import replace
+
+        from mbv2_search.cost import fvcore_count, measure_latency_ms
+        from mbv2_search.train import resolve_device, train
+
+        study = self.ctx.study
+        knobs = space.suggest_knobs(trial, self.ctx.arch_file)
+        torch_device = resolve_device(self.device if self.device != "auto" else study.training.device)
+        data = self._dataset(knobs.resolution, torch_device)
+        spec = build_spec(replace(knobs, num_classes=data.num_classes), self.ctx.arch_file.to_table())
+        cost = costs(spec)
+        measured: dict[str, float] = {
+            "madds": cost.madds,
+            "params": cost.params,
+            "peak_activation_bytes": cost.peak_activation_bytes,
+        }
+        if "latency_ms" in study.objectives or "latency_ms" in study.constraints:
+            measured["latency_ms"] = measure_latency_ms(
+                spec, str(torch_device), study.latency.repeats, study.latency.warmup
+            )
+        attrs = {
+            "knobs": spec.knobs.as_dict(),
+            "blocks": [
+                [b.row, b.t, b.in_channels, b.hidden_channels, b.out_channels, b.stride, b.kernel, b.in_size]
+                for b in spec.blocks
+            ],
+            "bn_params": cost.bn_params,
+            "version": __version__,
+            "seed": study.training.seed,
+            **measured,
+        }
+        feasible = True
+        for name, bound in study.constraints.items():
+            trial.set_constraint(name, measured[name] - bound)  # <= 0 is feasible (Optuna 5)
+            feasible &= measured[name] <= bound
+        attrs["feasible"] = feasible
+        if not feasible:  # known before building anything: never trained
+            attrs["trained"] = False
+            _set_attrs(trial, attrs)
+            return [0.0 if name == "val_acc" else measured[name] for name in study.objectives]
+
+        run_dir = self.ctx.report_dir / "trials" / f"{trial.number:05d}"
+        result = train(
+            spec,
+            data,
+            epochs=study.training.epochs,
+            batch_size=study.training.batch_size,
+            recipe=study.training.recipe_model(),
+            seed=study.training.seed,
+            run_dir=run_dir,
+            device=str(torch_device),
+            precision=study.training.precision,
+            max_minutes=study.training.max_minutes,
+        )
+        counted = fvcore_count(spec)  # the independent count, stored beside the analytic one
+        attrs.update(
+            trained=True,
+            val_acc=result.val_acc,
+            test_acc=result.test_acc,
+            epochs=result.epochs,
+            train_seconds=result.train_seconds,
+            train_images_per_second=result.train_images_per_second,
+            device=result.device,
+            memory_format=result.memory_format,
+            run_dir=result.run_dir,
+            checkpoint=result.checkpoint,
+            val_acc_history=[h.get("val_acc") for h in result.history],
+            fvcore_madds=counted.madds,
+            fvcore_by_operator=counted.by_operator,
+        )
+        _set_attrs(trial, attrs)
+        return [result.val_acc if name == "val_acc" else measured[name] for name in study.objectives]
+
+
+def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+@dataclass
+class WorkerReport:
+    """What one worker did."""
+
+    ran: int = 0
+    failed: int = 0
+    recovered: int = 0
+
+
+def work(
+    ctx: Context,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    on_event: Callable[[str, Any], None] | None = None,
+    stop: threading.Event | None = None,
+) -> WorkerReport:
+    """Run trials until the study has n_trials counted ones, the timeout passes or stop is set.
+
+    Args:
+        ctx: the loaded study.
+        device: training device for this worker ('auto', 'cpu', 'cuda:N').
+        threads: CPU threads for this worker (workers split the cores).
+        on_event: called with ('start', trial) and ('end', frozen trial) for progress displays.
+        stop: set to stop after the running trial.
+    """
+    from mbv2_search.train import TrainingError, configure_cpu
+
+    configure_cpu(threads)
+    study = open_study(ctx)
+    report = WorkerReport(recovered=len(recover_stale(study, 3 * ctx.study.heartbeat_seconds)))
+    evaluate = Evaluator(ctx, device)
+    deadline = time.time() + ctx.study.timeout_minutes * 60 if ctx.study.timeout_minutes else None
+    n_trials = ctx.study.n_trials
+    while not (stop and stop.is_set()) and (deadline is None or time.time() < deadline):
+        if _budget_used(study.get_trials(deepcopy=False)) >= n_trials:
+            break
+        trial = study.ask()
+        if _budget_used(study.get_trials(deepcopy=False), below=trial.number) >= n_trials:
+            # another worker took the last slot between our count and our ask: give this one back
+            _exclude(study, trial._trial_id, "surplus: the study had reached n_trials")
+            study.tell(trial, state=TrialState.FAIL)
+            break
+        heartbeat = Heartbeat(trial, ctx.study.heartbeat_seconds)
+        if on_event:
+            on_event("start", trial)
+        try:
+            values = evaluate(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr(EXCLUDED, "interrupted: Ctrl-C; it runs again on resume")
+            study.tell(trial, state=TrialState.FAIL)
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            raise
+        except (TrainingError, ArchError, RuntimeError, ValueError) as err:
+            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+            study.tell(trial, state=TrialState.FAIL)
+            report.failed += 1
+        else:
+            study.tell(trial, values)
+            report.ran += 1
+        finally:
+            heartbeat.stop()
+        if on_event:
+            on_event("end", study._storage.get_trial(trial._trial_id))
+    return report
+
+
+def _worker_process(path: str, storage_url: str, reports_root: str, device: str, threads: int) -> None:
+    """Entry point of a spawned worker process."""
+    ctx = load_context(path, storage_url, reports_root)
+    with contextlib.suppress(KeyboardInterrupt):  # the trial was marked for rerun; exit quietly
+        work(ctx, device=device, threads=threads)
+
+
+def worker_devices(device: str, workers: int) -> list[str]:
+    """One GPU per worker where there are GPUs (round robin), else the CPU for all."""
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(workers)]
+    return [device if device != "auto" else "cpu"] * workers
+
+
+def start_workers(ctx: Context, workers: int, reports_root: str | Path = "reports") -> list[multiprocessing.Process]:
+    """Spawn local worker processes that split the CPU cores (or take one GPU each)."""
+    from mbv2_search.train import available_cores
+
+    open_study(ctx)  # create it once, before workers race to
+    threads = max(1, available_cores() // workers)
+    context = multiprocessing.get_context("spawn")
+    processes = []
+    for device in worker_devices(ctx.study.training.device, workers):
+        process = context.Process(
+            target=_worker_process,
+            args=(str(ctx.path), ctx.storage_url, str(reports_root), device, threads),
+            daemon=False,
+        )
+        process.start()
+        processes.append(process)
+    return processes
+
+
+def snapshot(study: optuna.Study, ctx: Context) -> dict[str, Any]:
+    """Progress numbers from storage: counts, the running trials' knobs, Pareto size, ETA."""
+    from mbv2_search.report.analysis import pareto_mask, trials_frame
+
+    trials = study.get_trials(deepcopy=False)
+    state = counts(trials)
+    frame = trials_frame(trials, ctx.study.objectives)
+    front = int(pareto_mask(frame, ctx.study.objectives).sum()) if len(frame) else 0
+    durations = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in trials
+        if t.state == TrialState.COMPLETE and t.datetime_complete and t.datetime_start and EXCLUDED not in t.user_attrs
+    ]
+    done = state["complete"] + state["failed"]
+    remaining = max(0, ctx.study.n_trials - done)
+    mean = sum(durations) / len(durations) if durations else None
+    running = [
+        {k: v for k, v in t.params.items()}
+        for t in trials
+        if t.state == TrialState.RUNNING and EXCLUDED not in t.user_attrs
+    ]
+    return {
+        "done": done,
+        "total": ctx.study.n_trials,
+        "front": front,
+        "running_params": running,
+        "eta_seconds": mean * remaining / max(1, ctx.study.workers) if mean else None,
+        **state,
+    }
+
+
+def export_trial(ctx: Context, number: int, out_dir: Path | None = None) -> dict[str, str]:
+    """Write a trial's block table (YAML that cost/arch/train accept) and its weights (torchvision layout)."""
+    import torch
+    import yaml
+
+    study = open_study(ctx, create=False)
+    matches = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    if not matches:
+        raise ValueError(
+            f"--trial: got {number}; allowed: a trial number of study '{ctx.study.name}' (0..{len(study.trials) - 1})"
+        )
+    trial = matches[0]
+    knobs = space.knobs_from_params(trial.params, ctx.arch_file)
+    knobs_dict = trial.user_attrs.get("knobs") or knobs.as_dict()
+    out_dir = out_dir or ctx.report_dir / "export"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table_path = out_dir / f"trial-{number:05d}.yaml"
+    document = {
+        "name": f"{ctx.study.name}-trial-{number}",
+        "description": f"exported from study {ctx.study.name}, trial {number}",
+        "table": ctx.arch_file.table.model_dump(),
+        "knobs": {k: v for k, v in knobs_dict.items() if v is not None},
+    }
+    table_path.write_text(yaml.safe_dump(document, sort_keys=False))
+    written = {"table": str(table_path)}
+    checkpoint = trial.user_attrs.get("checkpoint")
+    if checkpoint and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "model."
+        weights = {
+            k.removeprefix(prefix).replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith(prefix)
+        }
+        weights_path = out_dir / f"trial-{number:05d}.pt"
+        torch.save(weights, weights_path)
+        written["weights"] = str(weights_path)
+    return written
+
+
+def trial_summary(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """JSON-ready view of one trial."""
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "params": trial.params,
+        "values": trial.values,
+        **{k: v for k, v in trial.user_attrs.items() if k not in ("blocks", "fvcore_by_operator")},
+    }

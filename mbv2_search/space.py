@@ -1,0 +1,73 @@
+"""A space file's `vary` ranges as Optuna suggestions, producing Knobs (and so an ArchSpec)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from mbv2_search.arch import Knobs
+from mbv2_search.config import ArchFile, Range
+
+INT_KNOBS = ("resolution", "kernels", "stem_stride")
+
+
+def param_names(arch_file: ArchFile) -> list[str]:
+    """The Optuna parameter names a space suggests (per-row knobs as name_0, name_1, ...)."""
+    names = []
+    for key, values in arch_file.vary.items():
+        names += [f"{key}_{i}" for i in range(len(arch_file.table.rows))] if values.per_row else [key]
+    return names
+
+
+def _suggest(trial: optuna.Trial, name: str, knob: str, values: Range) -> Any:
+    if values.choices is not None:
+        return trial.suggest_categorical(name, values.choices)
+    if knob in INT_KNOBS:
+        return trial.suggest_int(name, int(values.low), int(values.high), step=int(values.step or 1), log=values.log)
+    return trial.suggest_float(name, values.low, values.high, step=values.step, log=values.log)
+
+
+def suggest_knobs(trial: optuna.Trial, arch_file: ArchFile) -> Knobs:
+    """Knobs for a trial: the file's fixed knobs with each varied one suggested."""
+    varied: dict[str, Any] = {}
+    for knob, values in arch_file.vary.items():
+        if values.per_row:
+            varied[knob] = tuple(_suggest(trial, f"{knob}_{i}", knob, values) for i in range(len(arch_file.table.rows)))
+        else:
+            varied[knob] = _suggest(trial, knob, knob, values)
+    return arch_file.knobs.to_knobs(**varied)
+
+
+def knobs_from_params(params: dict[str, Any], arch_file: ArchFile) -> Knobs:
+    """Rebuild a stored trial's Knobs from its parameters."""
+    return suggest_knobs(optuna.trial.FixedTrial(params), arch_file)
+
+
+def grid(arch_file: ArchFile) -> dict[str, list[Any]]:
+    """Every value of every parameter, for the grid sampler; ranges need a step."""
+    out: dict[str, list[Any]] = {}
+    for knob, values in arch_file.vary.items():
+        if values.choices is not None:
+            points = list(values.choices)
+        elif values.step is None and knob not in INT_KNOBS:
+            raise ValueError(f"vary.{knob}: the grid sampler needs choices: or a step:")
+        else:
+            step = values.step or 1
+            count = int(round((values.high - values.low) / step)) + 1
+            points = [values.low + i * step for i in range(count)]
+            points = [int(p) for p in points] if knob in INT_KNOBS else [round(p, 10) for p in points]
+        names = [f"{knob}_{i}" for i in range(len(arch_file.table.rows))] if values.per_row else [knob]
+        out.update({name: points for name in names})
+    return out
+
+
+def contains(arch_file: ArchFile, name: str, value: Any) -> bool:
+    """Whether a parameter value lies in the space (for baselines)."""
+    knob = name.rsplit("_", 1)[0] if name not in arch_file.vary else name
+    values = arch_file.vary.get(knob)
+    if values is None:
+        return False
+    if values.choices is not None:
+        return value in values.choices
+    return isinstance(value, (int, float)) and values.low <= value <= values.high

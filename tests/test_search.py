@@ -1,0 +1,203 @@
+from __future__ import annotations
+
+import threading
+import time
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from mbv2_search.cli import main
+from mbv2_search.config import load_arch_file
+from mbv2_search.model import build_model
+from mbv2_search.search import (
+    EXCLUDED,
+    StudyMismatch,
+    counts,
+    export_trial,
+    load_context,
+    open_study,
+    start_workers,
+    work,
+)
+
+SPACE = {
+    "table": {
+        "stem": {"c": 16, "s": 2},
+        "rows": [
+            {"t": 1, "c": 8, "n": 1, "s": 1},
+            {"t": 4, "c": 16, "n": 2, "s": 2},
+            {"t": 4, "c": 24, "n": 1, "s": 2},
+        ],
+        "head": {"c": 64},
+    },
+    "knobs": {"num_classes": 10},
+    "vary": {"width": {"choices": [0.5, 1.0]}, "resolution": {"choices": [8, 12]}, "expansion": {"choices": [2, 4]}},
+}
+
+
+def write_study(tmp_path, **changes) -> str:
+    study = {
+        "name": "tiny",
+        "space": SPACE,
+        "data": {"dataset": "digits"},
+        "training": {"epochs": 1, "batch_size": 256, "device": "cpu"},
+        "objectives": ["val_acc", "madds"],
+        "sampler": {"name": "random", "seed": 0},
+        "n_trials": 3,
+        "heartbeat_seconds": 0.5,
+    }
+    study.update(changes)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return str(path)
+
+
+def context(tmp_path, **changes):
+    return load_context(write_study(tmp_path, **changes), reports_root=tmp_path / "reports")
+
+
+def finished(ctx):
+    return counts(open_study(ctx).get_trials(deepcopy=False))
+
+
+def test_study_runs_to_n_trials_and_records_everything(tmp_path):
+    ctx = context(tmp_path)
+    report = work(ctx)
+    assert report.ran == 3
+    trials = open_study(ctx).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    attrs = trials[0].user_attrs
+    for key in (
+        "knobs",
+        "blocks",
+        "madds",
+        "params",
+        "peak_activation_bytes",
+        "val_acc",
+        "test_acc",
+        "epochs",
+        "train_seconds",
+        "train_images_per_second",
+        "device",
+        "seed",
+        "version",
+        "fvcore_madds",
+    ):
+        assert key in attrs, key
+    assert attrs["fvcore_madds"] == attrs["madds"]
+    assert (ctx.report_dir / "trials" / "00000" / "best.ckpt").is_file()
+
+
+def test_resume_continues_without_redoing(tmp_path):
+    ctx = context(tmp_path)
+    stop = threading.Event()
+    work(ctx, stop=stop, on_event=lambda kind, trial: stop.set() if kind == "end" else None)
+    first = open_study(ctx).get_trials()
+    assert len(first) == 1
+    work(ctx)
+    trials = open_study(ctx).get_trials()
+    assert finished(ctx)["complete"] == 3
+    assert trials[0].datetime_complete == first[0].datetime_complete  # not retrained
+
+
+def test_two_local_workers_reach_exactly_n_trials(tmp_path):
+    ctx = context(tmp_path, n_trials=4)
+    for process in start_workers(ctx, 2, tmp_path / "reports"):
+        process.join(timeout=300)
+        assert process.exitcode == 0
+    state = finished(ctx)
+    assert state["complete"] == 4 and state["failed"] == 0
+
+
+def test_constraint_rejects_without_training(tmp_path):
+    ctx = context(tmp_path, constraints={"madds": "1e3"})
+    work(ctx)
+    trials = open_study(ctx).get_trials()
+    assert all(t.user_attrs["feasible"] is False and t.user_attrs["trained"] is False for t in trials)
+    assert all(t.constraints["madds"] > 0 for t in trials)
+    assert not (ctx.report_dir / "trials").exists()
+    assert finished(ctx)["infeasible"] == 3
+
+
+def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path):
+    ctx = context(
+        tmp_path,
+        training={"epochs": 1, "batch_size": 256, "device": "cpu", "overrides": {"lr": 1e30, "schedule": "constant"}},
+    )
+    report = work(ctx)
+    trials = open_study(ctx).get_trials()
+    assert report.failed == 3 and all(t.state == TrialState.FAIL for t in trials)
+    assert all("TrainingDiverged" in t.user_attrs["fail_reason"] for t in trials)
+
+
+def test_stale_running_trial_is_rerun(tmp_path):
+    ctx = context(tmp_path, n_trials=2)
+    study = open_study(ctx)
+    ghost = study.ask({"width": optuna.distributions.CategoricalDistribution([0.5, 1.0])})  # a worker that died
+    ghost.set_user_attr("heartbeat", time.time() - 3600)
+    report = work(ctx)
+    trials = open_study(ctx).get_trials()
+    assert report.recovered == 1
+    assert EXCLUDED in trials[0].user_attrs and trials[0].state == TrialState.FAIL
+    assert trials[1].user_attrs.get("retry_of") == 0 and trials[1].params["width"] == ghost.params["width"]
+    assert finished(ctx)["complete"] == 2
+
+
+def test_changed_space_is_refused(tmp_path):
+    work(context(tmp_path, n_trials=1))
+    changed = context(tmp_path, n_trials=1, training={"epochs": 2, "batch_size": 256, "device": "cpu"})
+    with pytest.raises(StudyMismatch, match="rename the study"):
+        open_study(changed)
+
+
+def test_baselines_run_first(tmp_path):
+    ctx = context(tmp_path, n_trials=1, baselines=[{"width": 1.0, "resolution": 12, "expansion": 4}])
+    work(ctx)
+    trial = open_study(ctx).get_trials()[0]
+    assert trial.params == {"width": 1.0, "resolution": 12, "expansion": 4} and trial.user_attrs["baseline"]
+
+
+def test_export_round_trips(tmp_path, capsys):
+    ctx = context(tmp_path, n_trials=1)
+    work(ctx)
+    written = export_trial(ctx, 0, tmp_path / "out")
+    arch_file = load_arch_file(written["table"])
+    trial = open_study(ctx).get_trials()[0]
+    from mbv2_search.arch import build_spec
+    from mbv2_search.cost import costs
+
+    spec = build_spec(arch_file.knobs.to_knobs(), arch_file.to_table())
+    assert costs(spec).madds == trial.user_attrs["madds"]
+    model = build_model(spec)
+    model.load_state_dict(torch.load(written["weights"], weights_only=True))
+    main(["cost", "--json", "--table", written["table"]])  # what a user does with the exported table
+    assert f'"madds": {trial.user_attrs["madds"]}' in capsys.readouterr().out
+
+
+BAD_STUDIES = [
+    ({"n_trials": -1}, "n_trials: got -1"),
+    ({"objectives": ["val_acc", "flops"]}, "objectives[1]: got 'flops'"),
+    ({"constraints": {"macs": 1}}, "constraints.macs: unknown key 'macs'; did you mean 'madds'?"),
+    ({"sampler": {"name": "cmaes"}}, "sampler.name: got 'cmaes'"),
+    ({"trainig": {}}, "trainig: unknown key 'trainig'; did you mean 'training'?"),
+    ({"space": "missing.yaml"}, "space: got 'missing.yaml'; no such file"),
+    ({"baselines": [{"width": 3.0}]}, "baselines[0].width: got 3.0"),
+    (
+        {"space": {**SPACE, "vary": {"widht": {"choices": [1.0]}}}},
+        "space.vary.widht: unknown key 'widht'; did you mean 'width'?",
+    ),
+]
+
+
+@pytest.mark.parametrize(("changes", "needle"), BAD_STUDIES)
+def test_bad_study_files_exit_2_naming_file_and_key(tmp_path, capsys, changes, needle):
+    path = write_study(tmp_path, **changes)
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", path, "--reports", str(tmp_path / "reports")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert path in err and needle in err
+    assert not (tmp_path / "reports").exists()  # nothing stored
