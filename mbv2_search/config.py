@@ -138,6 +138,7 @@ VARIABLE_KNOBS = (
     "shortcut",
     "head_rule",
     "stem_stride",
+    "seed",  # not an architecture knob: the training seed, so a study can repeat each variant
 )
 PER_ROW_KNOBS = ("expansion", "kernels")
 
@@ -393,6 +394,22 @@ class StudyFile(Strict):
         return bounds
 
 
+def _sampler_options(name: str) -> list[str]:
+    """Keyword options of an Optuna sampler that a study file may set."""
+    import inspect
+
+    import optuna
+
+    sampler = {
+        "tpe": optuna.samplers.TPESampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "random": optuna.samplers.RandomSampler,
+        "gp": optuna.samplers.GPSampler,
+    }[name]
+    hidden = ("self", "seed", "constraints_func")  # seed has its own key; constraints come from trial.set_constraint
+    return [p for p in inspect.signature(sampler.__init__).parameters if p not in hidden]
+
+
 def load_study(path: str | Path) -> tuple[StudyFile, ArchFile]:
     """Read and validate a study file and its space (a path relative to the study, or inline)."""
     path = Path(path)
@@ -414,12 +431,38 @@ def _check_study(study: StudyFile, arch_file: ArchFile, path: Path) -> None:
 
     if not arch_file.vary:
         raise ConfigError(path, "space.vary", "nothing varies; a search needs at least one knob in vary:")
-    if study.sampler.name == "grid":
-        try:
-            space.grid(arch_file)
-        except ValueError as err:
-            raise ConfigError(path, "space", str(err)) from None
     names = space.param_names(arch_file)
+    if study.sampler.name == "grid":
+        explicit = study.sampler.options.get("grid")
+        if explicit is None:
+            try:
+                space.grid(arch_file)
+            except ValueError as err:
+                raise ConfigError(path, "space", str(err)) from None
+        else:  # an explicit grid: every space parameter, each value inside the space
+            if not isinstance(explicit, dict) or set(explicit) != set(names):
+                raise ConfigError(
+                    path,
+                    "sampler.options.grid",
+                    f"got {sorted(explicit) if isinstance(explicit, dict) else explicit!r}; allowed: a list of values for each of {', '.join(names)}",
+                )
+            for name, values in explicit.items():
+                bad = [
+                    v
+                    for v in (values if isinstance(values, list) else [values])
+                    if not space.contains(arch_file, name, v)
+                ]
+                if bad or not isinstance(values, list):
+                    raise ConfigError(
+                        path,
+                        f"sampler.options.grid.{name}",
+                        f"got {bad or values!r}; allowed: a list of values inside the space's vary.{name}",
+                    )
+    else:
+        allowed = _sampler_options(study.sampler.name)
+        for key in study.sampler.options:
+            if key not in allowed:
+                raise ConfigError(path, f"sampler.options.{key}", _unknown_key(key, allowed))
     for index, baseline in enumerate(study.baselines):
         for name, value in baseline.items():
             if name not in names:

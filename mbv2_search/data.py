@@ -5,6 +5,7 @@ Nothing is downloaded: digits ship with scikit-learn, CIFAR and image folders co
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 from collections.abc import Iterator
@@ -132,14 +133,21 @@ def _split_indices(n: int, fractions: tuple[float, float]) -> tuple[np.ndarray, 
     return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
 
 
-def load_digits(resolution: int, device: torch.device) -> TensorData:
-    """scikit-learn's bundled 8x8 digits (1,797 images), split 70/15/15, resized once to the resolution."""
+@functools.cache
+def _digits_source() -> tuple[np.ndarray, np.ndarray]:
+    # scikit-learn parses a CSV on every call (0.3 s): read it once per process, resize per trial
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()
-    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return bunch.images, bunch.target
+
+
+def load_digits(resolution: int, device: torch.device) -> TensorData:
+    """scikit-learn's bundled 8x8 digits (1,797 images), split 70/15/15, resized once to the resolution."""
+    source_images, source_labels = _digits_source()
+    images = torch.tensor(source_images, dtype=torch.float32).unsqueeze(1) / 16.0
     images = F.interpolate(images, size=resolution, mode="bilinear", align_corners=False)
-    labels = torch.tensor(bunch.target, dtype=torch.long)
+    labels = torch.tensor(source_labels, dtype=torch.long)
     train, val, test = (
         Split(images[i].to(device), labels[i].to(device)) for i in _split_indices(len(labels), (0.15, 0.15))
     )

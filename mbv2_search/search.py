@@ -71,7 +71,7 @@ def make_sampler(ctx: Context) -> optuna.samplers.BaseSampler:
     config = ctx.study.sampler
     options = dict(config.options)
     if config.name == "grid":
-        return optuna.samplers.GridSampler(space.grid(ctx.arch_file), seed=config.seed)
+        return _GridSampler(options.get("grid") or space.grid(ctx.arch_file), seed=config.seed)
     if config.name == "random":
         return optuna.samplers.RandomSampler(seed=config.seed)
     if config.name == "nsga2":
@@ -94,6 +94,15 @@ def space_fingerprint(ctx: Context) -> str:
         },
         sort_keys=True,
     )
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """GridSampler for an ask/tell loop: it calls study.stop() when the grid is done, which only works
+    inside study.optimize; our workers stop at n_trials instead."""
+
+    def after_trial(self, study, trial, state, values) -> None:  # type: ignore[override]
+        with contextlib.suppress(RuntimeError):  # study.stop() is its last statement
+            super().after_trial(study, trial, state, values)
 
 
 class StudyMismatch(ValueError):
@@ -214,6 +223,7 @@ class Evaluator:
 
         study = self.ctx.study
         knobs = space.suggest_knobs(trial, self.ctx.arch_file)
+        seed = space.suggest_seed(trial, self.ctx.arch_file, study.training.seed)
         torch_device = resolve_device(self.device if self.device != "auto" else study.training.device)
         data = self._dataset(knobs.resolution, torch_device)
         spec = build_spec(replace(knobs, num_classes=data.num_classes), self.ctx.arch_file.to_table())
@@ -235,7 +245,7 @@ class Evaluator:
             ],
             "bn_params": cost.bn_params,
             "version": __version__,
-            "seed": study.training.seed,
+            "seed": seed,
             **measured,
         }
         feasible = True
@@ -255,7 +265,7 @@ class Evaluator:
             epochs=study.training.epochs,
             batch_size=study.training.batch_size,
             recipe=study.training.recipe_model(),
-            seed=study.training.seed,
+            seed=seed,
             run_dir=run_dir,
             device=str(torch_device),
             precision=study.training.precision,
@@ -269,6 +279,8 @@ class Evaluator:
             epochs=result.epochs,
             train_seconds=result.train_seconds,
             train_images_per_second=result.train_images_per_second,
+            train_step_seconds=result.train_step_seconds,
+            eval_seconds=result.eval_seconds,
             device=result.device,
             memory_format=result.memory_format,
             run_dir=result.run_dir,

@@ -9,7 +9,7 @@ import optuna
 from mbv2_search.arch import Knobs
 from mbv2_search.config import ArchFile, Range
 
-INT_KNOBS = ("resolution", "kernels", "stem_stride")
+INT_KNOBS = ("resolution", "kernels", "stem_stride", "seed")
 
 
 def param_names(arch_file: ArchFile) -> list[str]:
@@ -36,7 +36,14 @@ def suggest_knobs(trial: optuna.Trial, arch_file: ArchFile) -> Knobs:
             varied[knob] = tuple(_suggest(trial, f"{knob}_{i}", knob, values) for i in range(len(arch_file.table.rows)))
         else:
             varied[knob] = _suggest(trial, knob, knob, values)
+    varied.pop("seed", None)  # a training knob: read it with suggest_seed
     return arch_file.knobs.to_knobs(**varied)
+
+
+def suggest_seed(trial: optuna.Trial, arch_file: ArchFile, default: int) -> int:
+    """The training seed: varied when the space lists `seed`, else the study's."""
+    values = arch_file.vary.get("seed")
+    return int(_suggest(trial, "seed", "seed", values)) if values else default
 
 
 def knobs_from_params(params: dict[str, Any], arch_file: ArchFile) -> Knobs:

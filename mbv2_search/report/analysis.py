@@ -21,6 +21,8 @@ TRIAL_COLUMNS = (
     "epochs",
     "train_seconds",
     "train_images_per_second",
+    "train_step_seconds",
+    "eval_seconds",
     "device",
     "seed",
     "fvcore_madds",

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mbv2_search.config import ConfigError, load_arch_file, load_study, read_yaml
+from mbv2_search.search import load_context, make_sampler
+from mbv2_search.space import grid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_studies_load_with_their_sampler(path):
+    ctx = load_context(path)
+    make_sampler(ctx)
+    assert ctx.storage_url.startswith("journal:")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_spaces_load(path):
+    load_arch_file(path)
+
+
+def test_paper_grid_has_the_21_points_of_figure_5():
+    study, arch_file = load_study(ROOT / "studies" / "paper_grid_digits.yaml")
+    explicit = study.sampler.options["grid"]
+    assert len(explicit["width"]) * len(explicit["resolution"]) + len(study.baselines) == study.n_trials == 21
+    assert len(grid(arch_file)["width"]) == 5  # 1.4 lies in the space, for the baseline point
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (b"", "empty file"),
+        (b"- a\n- b\n", "expected a YAML mapping at the top, got list"),
+        (b"a: [1, 2\n", "invalid YAML"),
+        (b"\xff\xfe\x00", "not UTF-8"),
+        (
+            b"a: &x [1, 2]\nb: [*x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x]\n",
+            "aliases",
+        ),
+        (b"!!python/object/apply:os.system ['true']\n", "invalid YAML"),
+    ],
+)
+def test_unreadable_yaml_is_one_clear_error(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text)
+    with pytest.raises(ConfigError, match=needle) as err:
+        read_yaml(path)
+    assert str(err.value).startswith(str(path))
+
+
+def test_directory_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory"):
+        read_yaml(tmp_path)
+    with pytest.raises(ConfigError, match="no such file"):
+        read_yaml(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("table: {rows: [{t: 6, c: 16, n: 1, s: 1, k: 4}]}", "table.rows[0].k: got 4; allowed: 3, 5 or 7"),
+        ("knobs: {width: 0}", "knobs.width: got 0"),
+        ("knobs: {widht: 1}", "knobs.widht: unknown key 'widht'; did you mean 'width'?"),
+        ("vary: {width: {low: 2, high: 1}}", "vary.width: low 2.0 is above high 1.0"),
+        ("vary: {depth: {choices: [1], per_row: true}}", "per_row is allowed only for expansion, kernels"),
+        ("knobs: {resolution: 16}", "knobs.resolution: got 16; allowed: >= 17"),
+        ("knobs: {width: 0.01}", None),  # rounds up to 8 channels: valid, never zero
+    ],
+)
+def test_space_errors_name_key_value_and_allowed(tmp_path, text, needle):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    if needle is None:
+        load_arch_file(path)
+        return
+    with pytest.raises(ConfigError) as err:
+        load_arch_file(path)
+    assert needle in str(err.value) and str(err.value).startswith(str(path))
