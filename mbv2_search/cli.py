@@ -284,6 +284,10 @@ _GRID_HEADERS = {
     "top1_published": "top-1 published",
     "tv_params": "torchvision params",
     "tv_params_diff": "Δ  ",
+    "measured_acc": "study val acc",
+    "measured_runs": "runs",
+    "latency_ms": "latency ms (here)",
+    "pixel1_ms_published": "Pixel-1 ms",
 }
 
 
@@ -296,11 +300,55 @@ _GRID_HEADERS = {
     help="tf-slim reproduces the published checkpoints exactly.",
 )
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv"]), default="table", show_default=True)
-def table(convention: str, fmt: str) -> None:
+@click.option(
+    "--study",
+    "study_file",
+    type=click.Path(path_type=Path, dir_okay=True),
+    help="Add the accuracy this study measured per grid point, and its rank correlation with the published top-1.",
+)
+@click.option("--storage", help="Storage URL of --study (default: the study's own).")
+@click.option(
+    "--latency",
+    is_flag=True,
+    help="Measure batch-1 latency of each grid point on this host, beside the published Pixel-1 latency.",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="Timed runs per point for --latency (after 5 warm-up runs).",
+)
+def table(convention: str, fmt: str, study_file: Path | None, storage: str | None, latency: bool, repeats: int) -> None:
     """The paper's width x resolution grid: reproduced MAdds and params beside the 22 published checkpoints."""
-    from mbv2_search.report.paper import paper_grid
+    from mbv2_search.report.paper import paper_grid, with_latency, with_study
 
     frame = paper_grid(convention)
+    notes = []
+    if study_file is not None:
+        from mbv2_search.report.analysis import trials_frame
+        from mbv2_search.search import open_study
+
+        ctx = _context(study_file, storage, Path("reports"))
+        try:
+            trials = open_study(ctx, create=False).get_trials(deepcopy=False)
+        except KeyError:
+            raise UserError(f"{study_file}: no study '{ctx.study.name}' in storage yet; run it first") from None
+        frame, note = with_study(frame, trials_frame(trials, ctx.study.objectives))
+        notes.append(note)
+    if latency:
+        import torch
+
+        from mbv2_search.cost import measure_latency_ms
+        from mbv2_search.train import configure_cpu, hardware_name
+
+        configure_cpu()
+        measured = {}
+        for width, resolution in zip(frame["width"], frame["resolution"]):
+            spec = build_spec(Knobs(width=float(width), resolution=int(resolution), convention=convention))
+            measured[(width, resolution)] = round(measure_latency_ms(spec, "cpu", repeats=repeats, warmup=5), 2)
+        frame, note = with_latency(frame, measured, hardware_name(torch.device("cpu")))
+        notes.append(note)
     shown = frame.drop(columns=["madds", "params"]).rename(columns=_GRID_HEADERS) if fmt == "table" else frame
     _print_frame(
         shown, fmt, title=f"MobileNetV2 width x resolution, {convention} convention vs published TF-Slim checkpoints"
@@ -315,6 +363,11 @@ def table(convention: str, fmt: str) -> None:
             console.print(
                 f"{int((known == 0).sum())}/{len(known)} rows match torchvision's own parameter counts exactly"
             )
+    for note in notes:  # on stderr for md/csv, so the table itself stays clean to redirect
+        if fmt == "table":
+            console.print(note)
+        else:
+            click.echo(note, err=True)
 
 
 def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
@@ -655,6 +708,64 @@ def export(study_file: Path, storage: str | None, reports: Path, number: int, ou
         raise UserError(str(err)) from None
     for kind, path in written.items():
         console.print(f"{kind}: {path}")
+
+
+@cli.command()
+@click.argument("study_files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=True))
+@click.option("--storage", help="Optuna storage URL for every study (default: each study's own).")
+@click.option(
+    "--reports",
+    type=click.Path(path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+    help="Root of the report folders.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Folder for report.html and summary.md (default reports/<study>, or reports/compare-<a>-<b> for several).",
+)
+def report(study_files: tuple[Path, ...], storage: str | None, reports: Path, out: Path | None) -> None:
+    """Write report.html, trials.csv, pareto.csv and summary.md for one study, or overlay several."""
+    from mbv2_search.report.build import study_data, write_report
+    from mbv2_search.search import open_study
+    from mbv2_search.space import param_names
+
+    studies, folders = [], []
+    for path in study_files:
+        ctx = _context(path, storage, reports)
+        try:
+            study = open_study(ctx, create=False)
+        except KeyError:
+            raise UserError(
+                f"{path}: no study '{ctx.study.name}' in {_mask(ctx.storage_url)} yet; run it first"
+            ) from None
+        config = ctx.study.model_dump(mode="json", exclude={"storage"})
+        studies.append(
+            study_data(
+                ctx.study.name,
+                study.get_trials(deepcopy=False),
+                ctx.study.objectives,
+                param_names(ctx.arch_file),
+                config,
+            )
+        )
+        folders.append(ctx.report_dir)
+    names = [s.name for s in studies]
+    out = out or (folders[0] if len(studies) == 1 else reports / ("compare-" + "-".join(names)))
+    try:
+        written = write_report(studies, folders, out)
+    except OSError as err:
+        raise UserError(f"{err.filename or out}: cannot write the report ({err.strerror})") from None
+    for name, path in written.items():
+        console.print(f"{name}: {path}")
+
+
+def _mask(url: str) -> str:
+    """A storage URL with any password replaced by ***."""
+    import re
+
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 def main(argv: list[str] | None = None) -> None:

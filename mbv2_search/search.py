@@ -219,7 +219,7 @@ class Evaluator:
         from dataclasses import replace
 
         from mbv2_search.cost import fvcore_count, measure_latency_ms
-        from mbv2_search.train import resolve_device, train
+        from mbv2_search.train import hardware_name, resolve_device, train
 
         study = self.ctx.study
         knobs = space.suggest_knobs(trial, self.ctx.arch_file)
@@ -282,6 +282,7 @@ class Evaluator:
             train_step_seconds=result.train_step_seconds,
             eval_seconds=result.eval_seconds,
             device=result.device,
+            hardware=hardware_name(torch_device),
             memory_format=result.memory_format,
             run_dir=result.run_dir,
             checkpoint=result.checkpoint,
@@ -342,9 +343,9 @@ def work(
             study.tell(trial, state=TrialState.FAIL)
             break
         heartbeat = Heartbeat(trial, ctx.study.heartbeat_seconds)
-        if on_event:
-            on_event("start", trial)
         try:
+            if on_event:
+                on_event("start", trial)
             values = evaluate(trial)
         except KeyboardInterrupt:
             trial.set_user_attr(EXCLUDED, "interrupted: Ctrl-C; it runs again on resume")

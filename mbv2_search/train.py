@@ -5,9 +5,11 @@ Knows nothing of Optuna: the search passes callbacks in.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+import platform
 import time
 import warnings
 from collections.abc import Sequence
@@ -320,6 +322,19 @@ def resolve_device(device: str = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"device: got {device!r} but no CUDA GPU is available here; use 'cpu' or 'auto'")
     return resolved
+
+
+def hardware_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model and the threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} ({torch.get_num_threads()} threads)"
 
 
 def configure_cpu(threads: int | None = None) -> None:

@@ -201,3 +201,27 @@ def test_bad_study_files_exit_2_naming_file_and_key(tmp_path, capsys, changes, n
     assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
     assert path in err and needle in err
     assert not (tmp_path / "reports").exists()  # nothing stored
+
+
+def test_ctrl_c_leaves_the_trial_to_rerun(tmp_path):
+    ctx = context(tmp_path, n_trials=2)
+
+    def interrupt(kind, trial):
+        if kind == "start":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        work(ctx, on_event=interrupt)
+    first = open_study(ctx).get_trials()
+    assert first[0].state == TrialState.FAIL and "interrupted" in first[0].user_attrs[EXCLUDED]
+    work(ctx)
+    trials = open_study(ctx).get_trials()
+    assert finished(ctx)["complete"] == 2 and trials[1].params == first[0].params  # rerun first
+
+
+def test_status_prints_counts_and_front(tmp_path, capsys):
+    path = write_study(tmp_path, n_trials=2)
+    main(["run", path, "--reports", str(tmp_path / "reports")])
+    main(["status", path, "--reports", str(tmp_path / "reports")])
+    out = capsys.readouterr().out
+    assert "2 complete (0 infeasible" in out and "Pareto front (val_acc, madds)" in out

@@ -24,6 +24,7 @@ TRIAL_COLUMNS = (
     "train_step_seconds",
     "eval_seconds",
     "device",
+    "hardware",
     "seed",
     "fvcore_madds",
     "fail_reason",
@@ -70,3 +71,86 @@ def pareto_mask(frame: pd.DataFrame, objectives: list[str]) -> pd.Series:
     dominated = (no_worse & better).any(axis=0)  # row j dominated by some i
     mask.loc[eligible.index] = ~dominated
     return mask
+
+
+def _minimised(frame: pd.DataFrame, objectives: list[str]) -> np.ndarray:
+    """Objective values turned into minimisation: error = 1 - accuracy, costs as they are."""
+    return np.column_stack(
+        [
+            (1 - frame[name].astype(float)) if OBJECTIVES[name] == "maximize" else frame[name].astype(float)
+            for name in objectives
+        ]
+    )
+
+
+def reference_point(frame: pd.DataFrame, objectives: list[str]) -> np.ndarray:
+    """Hypervolume reference: error 1.0 (chance or worse) and 1.1 x the largest cost seen."""
+    eligible = frame[frame["eligible"]]
+    return np.array(
+        [1.0 if OBJECTIVES[name] == "maximize" else 1.1 * float(eligible[name].max()) for name in objectives]
+    )
+
+
+def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
+    """Exact dominated hypervolume of minimisation points below a reference (2 or 3 objectives; 1 is a length)."""
+    points = points[(points < reference).all(axis=1)]
+    if len(points) == 0:
+        return 0.0
+    if points.shape[1] == 1:
+        return float(reference[0] - points[:, 0].min())
+    if points.shape[1] == 2:
+        ordered = points[np.argsort(points[:, 0])]
+        volume, best_y = 0.0, reference[1]
+        for x, y in ordered:
+            if y < best_y:
+                volume += (reference[0] - x) * (best_y - y)
+                best_y = y
+        return float(volume)
+    # 3 objectives: slice along the last axis, 2-D hypervolume of each slab
+    ordered = points[np.argsort(points[:, 2])]
+    volume = 0.0
+    for index, z in enumerate(ordered[:, 2]):
+        top = ordered[index + 1, 2] if index + 1 < len(ordered) else reference[2]
+        volume += hypervolume(ordered[: index + 1, :2], reference[:2]) * (top - z)
+    return float(volume)
+
+
+def hypervolume_history(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFrame:
+    """Hypervolume of the front after each trial number, normalised by the reference box."""
+    if frame.empty or not frame["eligible"].any():
+        return pd.DataFrame(columns=["number", "hypervolume"])
+    reference = reference_point(frame, objectives)
+    ordered = frame.sort_values("number")
+    points = _minimised(ordered, objectives)
+    eligible = ordered["eligible"].to_numpy()
+    box = float(np.prod(reference))
+    rows = [
+        {"number": number, "hypervolume": hypervolume(points[: i + 1][eligible[: i + 1]], reference) / box}
+        for i, number in enumerate(ordered["number"])
+    ]
+    return pd.DataFrame(rows)
+
+
+def error_edf(frame: pd.DataFrame) -> pd.DataFrame:
+    """Empirical distribution of validation error: share of trained models with error <= e (pycls)."""
+    errors = np.sort(1 - frame.loc[frame["eligible"], "val_acc"].astype(float).to_numpy())
+    if len(errors) == 0:
+        return pd.DataFrame(columns=["error", "share"])
+    return pd.DataFrame({"error": errors, "share": np.arange(1, len(errors) + 1) / len(errors)})
+
+
+def spearman(a: pd.Series, b: pd.Series) -> float:
+    """Spearman rank correlation over the pairs where both are known (NaN under 3 pairs)."""
+    pairs = pd.DataFrame({"a": a, "b": b}).dropna()
+    if len(pairs) < 3:
+        return float("nan")
+    return float(pairs["a"].rank().corr(pairs["b"].rank()))
+
+
+def variant_summary(frame: pd.DataFrame, knobs: list[str]) -> pd.DataFrame:
+    """Mean and standard deviation of validation accuracy per variant (knob combination), over seeds."""
+    eligible = frame[frame["eligible"]]
+    if eligible.empty:
+        return pd.DataFrame()
+    grouped = eligible.groupby(knobs, dropna=False)["val_acc"]
+    return grouped.agg(runs="count", mean="mean", std="std").reset_index().sort_values("mean", ascending=False)

@@ -45,3 +45,56 @@ def paper_grid(convention: str = "tf-slim") -> pd.DataFrame:
         frame["tv_params"] = frame["tv_params"].astype("Int64")
         frame["tv_params_diff"] = frame["tv_params_diff"].astype("Int64")
     return frame
+
+
+def with_study(grid: pd.DataFrame, trials: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Add the study's measured accuracy (mean over its trained trials) beside each grid point.
+
+    A study run at scaled-down resolutions (e.g. 20-36 for digits) is matched by rank when it has as
+    many resolutions as the published grid; the returned note says which mapping was used.
+    """
+    from mbv2_search.report.analysis import spearman
+
+    eligible = trials[trials["eligible"]] if len(trials) else trials
+    if eligible.empty or "width" not in eligible or "resolution" not in eligible:
+        out = grid.assign(measured_acc=float("nan"), measured_runs=0)
+        return out, "the study has no trained trials with width and resolution"
+    published = sorted(grid["resolution"].unique())
+    studied = sorted(eligible["resolution"].unique())
+    if set(studied) <= set(published):
+        mapping, note = {r: r for r in studied}, "resolutions matched exactly"
+    elif len(studied) == len(published):
+        mapping = dict(zip(studied, published))
+        note = "resolutions matched by rank: " + ", ".join(f"{a}->{b}" for a, b in mapping.items())
+    else:
+        mapping, note = {}, f"resolutions {studied} do not match the published {published}"
+    measured = eligible.assign(resolution=eligible["resolution"].map(mapping)).dropna(subset=["resolution"])
+    summary = (
+        measured.groupby(["width", "resolution"])["val_acc"]
+        .agg(measured_acc="mean", measured_runs="count")
+        .reset_index()
+    )
+    out = grid.merge(summary, on=["width", "resolution"], how="left")
+    out["measured_runs"] = out["measured_runs"].fillna(0).astype(int)
+    rho = spearman(out["measured_acc"], out["top1_published"])
+    return (
+        out,
+        f"{note}; Spearman rank correlation with published top-1 over {int(out['measured_acc'].notna().sum())} points: {rho:.3f}",
+    )
+
+
+def with_latency(grid: pd.DataFrame, latency_ms: dict[tuple[float, int], float], host: str) -> tuple[pd.DataFrame, str]:
+    """Add this host's measured batch-1 latency beside the published Pixel-1 latency, with their rank correlation."""
+    from mbv2_search.reference import tf_slim_checkpoints
+    from mbv2_search.report.analysis import spearman
+
+    pixel = tf_slim_checkpoints().set_index("model")["pixel1_ms"]
+    out = grid.assign(
+        latency_ms=[latency_ms.get((w, r)) for w, r in zip(grid["width"], grid["resolution"])],
+        pixel1_ms_published=grid["model"].map(pixel),
+    )
+    rho = spearman(out["latency_ms"], out["pixel1_ms_published"])
+    return (
+        out,
+        f"batch-1 latency on {host}, median of repeated runs after warm-up; Spearman rank correlation with Pixel-1: {rho:.3f}",
+    )
