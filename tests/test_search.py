@@ -203,15 +203,16 @@ def test_bad_study_files_exit_2_naming_file_and_key(tmp_path, capsys, changes, n
     assert not (tmp_path / "reports").exists()  # nothing stored
 
 
-def test_ctrl_c_leaves_the_trial_to_rerun(tmp_path):
+def test_ctrl_c_leaves_the_trial_to_rerun(tmp_path, monkeypatch):
     ctx = context(tmp_path, n_trials=2)
 
-    def interrupt(kind, trial):
-        if kind == "start":
-            raise KeyboardInterrupt
+    def interrupted_training(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C in the middle of training
 
-    with pytest.raises(KeyboardInterrupt):
-        work(ctx, on_event=interrupt)
+    with monkeypatch.context() as patch:
+        patch.setattr("mbv2_search.train.train", interrupted_training)
+        with pytest.raises(KeyboardInterrupt):
+            work(ctx)
     first = open_study(ctx).get_trials()
     assert first[0].state == TrialState.FAIL and "interrupted" in first[0].user_attrs[EXCLUDED]
     work(ctx)
