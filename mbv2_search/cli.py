@@ -687,7 +687,9 @@ def status(study_file: Path, storage: str | None, reports: Path) -> None:
     try:
         study = open_study(ctx, create=False)
     except KeyError:
-        raise UserError(f"{study_file}: no study '{ctx.study.name}' in {ctx.storage_url} yet; run it first") from None
+        raise UserError(
+            f"{study_file}: no study '{ctx.study.name}' in {_mask(ctx.storage_url)} yet; run it first"
+        ) from None
     _print_status(ctx, study)
 
 
@@ -695,13 +697,20 @@ def status(study_file: Path, storage: str | None, reports: Path) -> None:
 @study_args
 @click.option("--trial", "number", type=int, required=True, help="The trial number to export.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default reports/<study>/export).")
-def export(study_file: Path, storage: str | None, reports: Path, number: int, out: Path | None) -> None:
-    """Write a trial's block table (YAML for cost/arch/train --table) and its weights (torchvision layout)."""
+@click.option(
+    "--onnx",
+    is_flag=True,
+    help="Also write an ONNX model (needs the onnx and onnxscript packages: pip install 'mbv2-search[export]').",
+)
+def export(study_file: Path, storage: str | None, reports: Path, number: int, out: Path | None, onnx: bool) -> None:
+    """Write a trial's block table (YAML for cost/arch/train --table), weights (torchvision layout), optionally ONNX."""
     from mbv2_search.search import export_trial
 
     ctx = _context(study_file, storage, reports)
     try:
-        written = export_trial(ctx, number, out)
+        written = export_trial(ctx, number, out, onnx=onnx)
+    except ImportError as err:
+        raise UserError(f"--onnx needs the {err.name} package: pip install 'mbv2-search[export]'") from None
     except KeyError:
         raise UserError(f"{study_file}: no study '{ctx.study.name}' in storage yet; run it first") from None
     except ValueError as err:
@@ -785,6 +794,10 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, ArchError) as err:
         click.echo(f"mbv2-search: error: {err}", err=True)
         sys.exit(2)
+    except OSError as err:  # the environment, not the input: disk full, a file where a folder should be
+        where = err.filename or "a file"
+        click.echo(f"mbv2-search: error: cannot write or read {where}: {err.strerror or err}", err=True)
+        sys.exit(1)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)

@@ -31,6 +31,10 @@ class UnknownKey(ValueError):
         super().__init__(name)
 
 
+class SecretValue(ValueError):
+    """A validator's error whose input must not be echoed (it holds a credential)."""
+
+
 class Strict(BaseModel):
     """Unknown keys are errors; values are not coerced across types."""
 
@@ -181,7 +185,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(path, "", f"cannot read: {err.strerror}") from None
     try:
-        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+        data = _load_bounded(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "YAML"
@@ -194,17 +198,32 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses alias bombs ("billion laughs") by capping alias use."""
+MAX_YAML_NODES = 100_000
 
-    max_aliases = 100
 
-    def compose_node(self, parent, index):  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            self._aliases = getattr(self, "_aliases", 0) + 1
-            if self._aliases > self.max_aliases:
-                raise yaml.YAMLError(f"more than {self.max_aliases} aliases (anchors reused); refusing to expand")
-        return super().compose_node(parent, index)
+def _load_bounded(text: str) -> Any:
+    """Safe-load YAML, refusing documents whose aliases would expand past MAX_YAML_NODES ("billion laughs")."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        sizes: dict[int, int] = {}
+
+        def expanded(current: yaml.Node) -> int:  # size as if every alias were copied, memoized per node
+            if id(current) not in sizes:
+                sizes[id(current)] = 1  # guards recursive aliases
+                if isinstance(current, yaml.SequenceNode):
+                    sizes[id(current)] += sum(expanded(child) for child in current.value)
+                elif isinstance(current, yaml.MappingNode):
+                    sizes[id(current)] += sum(expanded(k) + expanded(v) for k, v in current.value)
+            return sizes[id(current)]
+
+        if expanded(node) > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"its aliases expand to more than {MAX_YAML_NODES:,} values; refusing to load it")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def parse(model: type[Strict], data: dict[str, Any], path: str | Path) -> Any:
@@ -234,6 +253,8 @@ def _config_error(model: type[BaseModel], err: ValidationError, path: str | Path
     if isinstance(cause, UnknownKey):
         return ConfigError(path, _dotted((*loc, cause.name)), _unknown_key(cause.name, cause.allowed))
     message = str(cause) if cause is not None else first["msg"]
+    if isinstance(cause, SecretValue):
+        return ConfigError(path, key, message)
     if "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
         message = f"got {first['input']!r}; {message[0].lower()}{message[1:]}"
     return ConfigError(path, key, message)
@@ -371,6 +392,15 @@ class StudyFile(Strict):
     latency: LatencyModel = LatencyModel()
     heartbeat_seconds: float = Field(10.0, gt=0)
 
+    @field_validator("storage")
+    @classmethod
+    def _no_credentials(cls, storage: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if storage and urlsplit(storage).password:
+            raise SecretValue("a password in a study file is refused; put the URL in MBV2_STORAGE or pass --storage")
+        return storage
+
     @field_validator("objectives")
     @classmethod
     def _unique(cls, objectives: list[str]) -> list[str]:
@@ -426,11 +456,45 @@ def load_study(path: str | Path) -> tuple[StudyFile, ArchFile]:
     return study, arch_file
 
 
+DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}  # imagefolder: known only from its folders
+
+
+def _check_constraints(study: StudyFile, arch_file: ArchFile, path: Path) -> None:
+    """Refuse constraints that no candidate of the space can meet (analytic costs only)."""
+    from mbv2_search import space
+    from mbv2_search.arch import build_spec
+    from mbv2_search.cost import costs
+
+    classes = DATASET_CLASSES.get(study.data.dataset)
+    fixed = {"num_classes": classes} if classes else {}
+    specs = []
+    for knobs in space.cheapest_knobs(arch_file, **fixed):
+        try:
+            specs.append(build_spec(knobs, arch_file.to_table()))
+        except ArchError as err:
+            raise ConfigError(
+                path,
+                f"space.vary.{err.field_name}",
+                f"got {err.value!r} at the low end of the space; allowed: {err.allowed}",
+            ) from None
+    for name, bound in study.constraints.items():
+        if name == "latency_ms":
+            continue  # measured, not known before a trial
+        least = min(getattr(costs(spec), name) for spec in specs)
+        if least > bound:
+            raise ConfigError(
+                path,
+                f"constraints.{name}",
+                f"no candidate in the space has {name} <= {bound:g}; the least in the space is {least:,}",
+            )
+
+
 def _check_study(study: StudyFile, arch_file: ArchFile, path: Path) -> None:
     from mbv2_search import space
 
     if not arch_file.vary:
         raise ConfigError(path, "space.vary", "nothing varies; a search needs at least one knob in vary:")
+    _check_constraints(study, arch_file, path)
     names = space.param_names(arch_file)
     if study.sampler.name == "grid":
         explicit = study.sampler.options.get("grid")

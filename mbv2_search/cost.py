@@ -9,7 +9,7 @@ them (torchvision, timm) but not TF-Slim's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from mbv2_search.arch import ArchSpec
 
@@ -176,25 +176,32 @@ def fvcore_count(spec: ArchSpec) -> FvcoreCount:
     return FvcoreCount(by_operator, sum(p.numel() for p in model.parameters()))
 
 
-def measure_latency_ms(spec: ArchSpec, device: str = "cpu", repeats: int = 30, warmup: int = 5) -> float:
-    """Median batch-1 inference latency in milliseconds on this host, after warm-up runs."""
+def time_forward(module: Any, shape: tuple[int, ...], device: str = "cpu", repeats: int = 30, warmup: int = 5) -> float:
+    """Median milliseconds of one eval-mode forward pass at an input shape, after warm-up runs."""
     import statistics
     import time
 
     import torch
 
-    from mbv2_search.model import build_model
-
-    model = build_model(spec).eval().to(device)
-    image = torch.randn(1, spec.in_channels, spec.resolution, spec.resolution, device=device)
+    module = module.eval().to(device)
+    image = torch.randn(*shape, device=device)
     cuda = torch.device(device).type == "cuda"
     times = []
     with torch.inference_mode():
         for index in range(warmup + repeats):
             start = time.perf_counter()
-            model(image)
+            module(image)
             if cuda:
                 torch.cuda.synchronize()
             if index >= warmup:
                 times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
+
+
+def measure_latency_ms(spec: ArchSpec, device: str = "cpu", repeats: int = 30, warmup: int = 5) -> float:
+    """Median batch-1 inference latency in milliseconds on this host, after warm-up runs."""
+    from mbv2_search.model import build_model
+
+    return time_forward(
+        build_model(spec), (1, spec.in_channels, spec.resolution, spec.resolution), device, repeats, warmup
+    )

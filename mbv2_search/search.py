@@ -432,8 +432,9 @@ def snapshot(study: optuna.Study, ctx: Context) -> dict[str, Any]:
     }
 
 
-def export_trial(ctx: Context, number: int, out_dir: Path | None = None) -> dict[str, str]:
-    """Write a trial's block table (YAML that cost/arch/train accept) and its weights (torchvision layout)."""
+def export_trial(ctx: Context, number: int, out_dir: Path | None = None, onnx: bool = False) -> dict[str, str]:
+    """Write a trial's block table (YAML that cost/arch/train accept), its weights (torchvision layout)
+    and, with onnx, an ONNX model of the trained network (batch dimension dynamic)."""
     import torch
     import yaml
 
@@ -467,7 +468,48 @@ def export_trial(ctx: Context, number: int, out_dir: Path | None = None) -> dict
         weights_path = out_dir / f"trial-{number:05d}.pt"
         torch.save(weights, weights_path)
         written["weights"] = str(weights_path)
+    if onnx:
+        if "weights" not in written:
+            raise ValueError(
+                f"--onnx: trial {number} has no trained weights (state {trial.state.name}, trained {trial.user_attrs.get('trained')})"
+            )
+        from mbv2_search.model import build_model
+
+        spec = build_spec(knobs_from_document(document), ctx.arch_file.to_table())
+        model = build_model(spec).eval()
+        model.load_state_dict(torch.load(written["weights"], weights_only=True))
+        onnx_path = out_dir / f"trial-{number:05d}.onnx"
+        export_onnx(model, spec.resolution, onnx_path)
+        written["onnx"] = str(onnx_path)
     return written
+
+
+def knobs_from_document(document: dict[str, Any]) -> Any:
+    """Knobs from an exported block-table document."""
+    from mbv2_search.config import KnobsModel
+
+    return KnobsModel.model_validate(document["knobs"]).to_knobs()
+
+
+def export_onnx(model: Any, resolution: int, path: Path) -> None:
+    """ONNX export of an eval-mode model, input 'images' (N x 3 x R x R), output 'logits'."""
+    import warnings
+
+    import torch
+
+    example = torch.randn(1, 3, resolution, resolution)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+            dynamo=True,
+            external_data=False,
+        )
 
 
 def trial_summary(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:

@@ -78,3 +78,30 @@ def contains(arch_file: ArchFile, name: str, value: Any) -> bool:
     if values.choices is not None:
         return value in values.choices
     return isinstance(value, (int, float)) and values.low <= value <= values.high
+
+
+CATEGORICAL_KNOBS = ("bottleneck_activation", "shortcut", "head_rule", "stem_stride")
+
+
+def cheapest_knobs(arch_file: ArchFile, **fixed: Any) -> list[Knobs]:
+    """The smallest numeric value of every varied knob, once per combination of the categorical ones.
+
+    MAdds, parameters and activation memory never decrease as width, resolution, expansion, depth
+    or kernel size grow (make_divisible and 'SAME' sizes are monotone), so the least cost in the
+    space is among these candidates: constraints can be checked before any trial.
+    """
+    import itertools
+
+    least: dict[str, Any] = {}
+    categorical: dict[str, list[Any]] = {}
+    for knob, values in arch_file.vary.items():
+        if knob == "seed":
+            continue
+        options = values.choices if values.choices is not None else [values.low]
+        if knob in CATEGORICAL_KNOBS:
+            categorical[knob] = list(options)
+            continue
+        value = min(options)
+        least[knob] = tuple([value] * len(arch_file.table.rows)) if values.per_row else value
+    combos = [dict(zip(categorical, combo)) for combo in itertools.product(*categorical.values())]
+    return [arch_file.knobs.to_knobs(**least, **combo, **fixed) for combo in combos]

@@ -38,8 +38,9 @@ def test_paper_grid_has_the_21_points_of_figure_5():
         (b"a: [1, 2\n", "invalid YAML"),
         (b"\xff\xfe\x00", "not UTF-8"),
         (
-            b"a: &x [1, 2]\nb: [*x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x, *x]\n",
-            "aliases",
+            b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + b"".join(f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n".encode() for p, n in zip("abcdef", "bcdefg")),
+            "aliases expand",
         ),
         (b"!!python/object/apply:os.system ['true']\n", "invalid YAML"),
     ],
