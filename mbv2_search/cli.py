@@ -777,6 +777,70 @@ def _mask(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+@cli.command("latency-table")
+@click.argument("space_file", type=click.Path(path_type=Path, dir_okay=True))
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option(
+    "--classes",
+    type=click.IntRange(1),
+    help="Classifier size (default: the space's num_classes, else the convention's).",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(1),
+    default=300,
+    show_default=True,
+    help="Random candidates when the space's grid is too large to enumerate.",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="Timed runs per unit (after 5 warm-up runs).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Where to write the table (default reports/latency/<space>-<device>.json).",
+)
+def latency_table(
+    space_file: Path, device: str, classes: int | None, samples: int, repeats: int, out: Path | None
+) -> None:
+    """Measure each distinct unit (stem, block, head) a space can produce on this device, for latency prediction."""
+    from rich.progress import Progress
+
+    from mbv2_search.config import load_arch_file
+    from mbv2_search.latency import build_table, space_specs
+    from mbv2_search.train import TrainingError, configure_cpu, resolve_device
+
+    arch_file = load_arch_file(space_file)
+    try:
+        torch_device = str(resolve_device(device))
+    except (TrainingError, RuntimeError) as err:
+        raise UserError(f"--device: {err}") from None
+    if torch_device == "cpu":
+        configure_cpu()
+    specs, how = space_specs(arch_file, samples, num_classes=classes)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("measuring units", total=None)
+        table = build_table(
+            specs,
+            torch_device,
+            repeats,
+            5,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    table.meta.update(space=str(space_file), candidates=how)
+    out = (
+        out or Path("reports") / "latency" / f"{arch_file.name or space_file.stem}-{torch_device.replace(':', '')}.json"
+    )
+    table.save(out)
+    console.print(
+        f"{len(table.units)} units measured from {how} on {table.hardware}; offset {table.offset_ms:.3f} ms; table: {out}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors and exit 2 for bad input, no tracebacks for user mistakes."""
     try:

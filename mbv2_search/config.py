@@ -369,6 +369,7 @@ class SamplerModel(Strict):
 class LatencyModel(Strict):
     repeats: int = Field(30, ge=1)
     warmup: int = Field(5, ge=0)
+    table: str | None = None  # a latency-table file: predict latency_ms instead of measuring it
 
 
 class StudyFile(Strict):
@@ -495,6 +496,12 @@ def _check_study(study: StudyFile, arch_file: ArchFile, path: Path) -> None:
     if not arch_file.vary:
         raise ConfigError(path, "space.vary", "nothing varies; a search needs at least one knob in vary:")
     _check_constraints(study, arch_file, path)
+    if study.latency.table is not None and not (path.parent / study.latency.table).is_file():
+        raise ConfigError(
+            path,
+            "latency.table",
+            f"got {study.latency.table!r}; no such file (make one with mbv2-search latency-table)",
+        )
     names = space.param_names(arch_file)
     if study.sampler.name == "grid":
         explicit = study.sampler.options.get("grid")

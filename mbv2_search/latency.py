@@ -6,9 +6,8 @@ building it. MAdds are not latency (depthwise layers use hardware poorly): this 
 from __future__ import annotations
 
 import json
-import random
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +61,13 @@ def _unit_module(key: Key) -> tuple[Any, tuple[int, ...]]:
 
 @dataclass
 class LatencyTable:
-    """Measured unit latencies (ms) on one device, and the per-network offset (the forward wrapper)."""
+    """Measured unit latencies (ms) on one device, and the whole-network calibration (scale, offset)."""
 
     device: str
     hardware: str
     units: dict[str, float] = field(default_factory=dict)
     offset_ms: float = 0.0
+    scale: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
 
     def missing(self, spec: ArchSpec) -> list[Key]:
@@ -76,13 +76,13 @@ class LatencyTable:
 
     def predict(self, spec: ArchSpec) -> float:
         """Predicted batch-1 latency in ms; KeyError names a unit the table lacks."""
-        total = self.offset_ms
+        total = 0.0
         for key in unit_keys(spec):
             name = json.dumps(key)
             if name not in self.units:
                 raise KeyError(f"the latency table has no entry for {name}; rebuild it for this space")
             total += self.units[name]
-        return total
+        return self.scale * total + self.offset_ms
 
     def save(self, path: Path) -> None:
         """Write as JSON."""
@@ -93,6 +93,7 @@ class LatencyTable:
                     "device": self.device,
                     "hardware": self.hardware,
                     "offset_ms": self.offset_ms,
+                    "scale": self.scale,
                     "meta": self.meta,
                     "units": self.units,
                 },
@@ -104,29 +105,53 @@ class LatencyTable:
     def load(cls, path: Path) -> LatencyTable:
         """Read a table written by save."""
         data = json.loads(Path(path).read_text())
-        return cls(data["device"], data["hardware"], data["units"], data["offset_ms"], data.get("meta", {}))
+        return cls(
+            data["device"],
+            data["hardware"],
+            data["units"],
+            data["offset_ms"],
+            data.get("scale", 1.0),
+            data.get("meta", {}),
+        )
 
 
-def sample_specs(arch_file: Any, count: int, seed: int = 0, num_classes: int | None = None) -> list[ArchSpec]:
-    """Random candidates of a space (its grid, when small enough), resolved to specs."""
+def space_specs(
+    arch_file: Any, samples: int, seed: int = 0, num_classes: int | None = None, max_grid: int = 5000
+) -> tuple[list[ArchSpec], str]:
+    """Every candidate of a space when its grid has at most max_grid points, else random samples."""
+    import itertools
+    import math
+
     import optuna
 
     from mbv2_search import space
-    from mbv2_search.arch import build_spec
+    from mbv2_search.arch import ArchError, build_spec
 
-    sampler = optuna.samplers.RandomSampler(seed=seed)
-    study = optuna.create_study(sampler=sampler)
-    specs, table = [], arch_file.to_table()
-    for _ in range(count):
-        trial = study.ask()
-        knobs = space.suggest_knobs(trial, arch_file)
-        if num_classes:
-            from dataclasses import replace
-
-            knobs = replace(knobs, num_classes=num_classes)
-        specs.append(build_spec(knobs, table))
-        study.tell(trial, 0.0)
-    return specs
+    table = arch_file.to_table()
+    fixed = {"num_classes": num_classes} if num_classes else {}
+    try:
+        grid = space.grid(arch_file)
+    except ValueError:
+        grid = None
+    if grid is not None and math.prod(len(v) for v in grid.values()) <= max_grid:
+        combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+        how = f"all {len(combos)} candidates of the space"
+    else:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        combos = []
+        for _ in range(samples):
+            trial = study.ask()
+            space.suggest_knobs(trial, arch_file)
+            combos.append(trial.params)
+            study.tell(trial, 0.0)
+        how = f"{samples} random candidates of the space"
+    specs = []
+    for params in combos:
+        try:
+            specs.append(build_spec(replace(space.knobs_from_params(params, arch_file), **fixed), table))
+        except ArchError:
+            continue  # a combination the space allows but no network has (e.g. too small an input)
+    return specs, how
 
 
 def build_table(
@@ -149,10 +174,17 @@ def build_table(
         table.units[json.dumps(key)] = time_forward(module, shape, device, repeats, warmup)
         if progress:
             progress(index + 1, len(keys))
-    # the whole network costs a little more than its units (the forward wrapper, flatten): measured
-    calibration = random.Random(0).sample(specs, min(3, len(specs)))
-    table.offset_ms = statistics.median(
-        measure_latency_ms(s, device, repeats, warmup) - table.predict(s) for s in calibration
-    )
+    # A whole network differs from the sum of its units run alone (the forward wrapper; caches that
+    # a long network evicts): fit latency = scale x sum + offset on a few whole networks, measured.
+    # calibrate on networks spread over the range of unit sums (quantiles), so the fit is well-posed
+    by_sum = sorted(specs, key=table.predict)
+    picks = sorted({round(q * (len(by_sum) - 1)) for q in (0.0, 0.25, 0.5, 0.75, 1.0)})
+    calibration = [by_sum[i] for i in picks]
+    sums = [table.predict(s) for s in calibration]
+    wholes = [measure_latency_ms(s, device, repeats, warmup) for s in calibration]
+    if len(calibration) >= 3 and max(sums) > 1.2 * min(sums):
+        table.scale, table.offset_ms = (float(v) for v in statistics.linear_regression(sums, wholes))
+    else:  # too few or too alike to fit a slope: offset only
+        table.offset_ms = statistics.median(w - p for w, p in zip(wholes, sums))
     table.meta["calibrated_on"] = len(calibration)
     return table

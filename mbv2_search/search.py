@@ -205,6 +205,17 @@ class Evaluator:
         self.ctx, self.device = ctx, device
         self._data: dict[int, Any] = {}
 
+    def _latency_table(self) -> Any:
+        """The study's latency table (a path relative to the study file), loaded once."""
+        from mbv2_search.latency import LatencyTable
+
+        path = self.ctx.study.latency.table
+        if path is None:
+            return None
+        if not hasattr(self, "_table"):
+            self._table = LatencyTable.load(self.ctx.path.parent / path)
+        return self._table
+
     def _dataset(self, resolution: int, torch_device: Any) -> Any:
         from mbv2_search.data import load_dataset
 
@@ -233,10 +244,16 @@ class Evaluator:
             "params": cost.params,
             "peak_activation_bytes": cost.peak_activation_bytes,
         }
+        latency_source = None
         if "latency_ms" in study.objectives or "latency_ms" in study.constraints:
-            measured["latency_ms"] = measure_latency_ms(
-                spec, str(torch_device), study.latency.repeats, study.latency.warmup
-            )
+            lookup = self._latency_table()
+            if lookup is not None and not lookup.missing(spec):
+                measured["latency_ms"], latency_source = lookup.predict(spec), "predicted"
+            else:  # no table, or it lacks a unit of this candidate: measure the whole network
+                measured["latency_ms"] = measure_latency_ms(
+                    spec, str(torch_device), study.latency.repeats, study.latency.warmup
+                )
+                latency_source = "measured"
         attrs = {
             "knobs": spec.knobs.as_dict(),
             "blocks": [
@@ -246,6 +263,7 @@ class Evaluator:
             "bn_params": cost.bn_params,
             "version": __version__,
             "seed": seed,
+            "latency_source": latency_source,
             **measured,
         }
         feasible = True
