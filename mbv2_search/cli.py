@@ -659,7 +659,7 @@ def _print_status(ctx: Any, study: Any) -> None:
     share = state["infeasible"] / decided if decided else 0.0
     console.print(
         f"study [bold]{ctx.study.name}[/bold] ({ctx.study.n_trials} trials asked): {state['complete']} complete "
-        f"({state['infeasible']} infeasible, not trained: {share:.0%}), {state['failed']} failed, {state['running']} running, "
+        f"({state['infeasible']} infeasible, not trained: {share:.0%}), {state['pruned']} stopped early, {state['failed']} failed, {state['running']} running, "
         f"{state['waiting']} waiting, {state['excluded']} excluded (stale/interrupted/surplus)"
     )
     frame = trials_frame(trials, ctx.study.objectives)

@@ -366,6 +366,24 @@ class SamplerModel(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class PruningModel(Strict):
+    """Multi-objective early stopping at successive-halving rungs (epochs min_epochs x factor^k)."""
+
+    enabled: bool = False
+    reduction_factor: int = Field(3, ge=2)
+    min_epochs: int = Field(3, ge=1)
+    min_peers: int = Field(4, ge=1)  # trials that must have reached a rung before any is stopped there
+    min_dominators: int = Field(2, ge=1)  # stop a trial dominated (better accuracy at no more cost) by this many
+
+    def rungs(self, epochs: int) -> list[int]:
+        """Epochs at which running trials are compared (those before the last epoch)."""
+        out, rung = [], self.min_epochs
+        while rung < epochs:
+            out.append(rung)
+            rung *= self.reduction_factor
+        return out
+
+
 class LatencyModel(Strict):
     repeats: int = Field(30, ge=1)
     warmup: int = Field(5, ge=0)
@@ -391,6 +409,7 @@ class StudyFile(Strict):
     storage: str | None = None
     baselines: list[dict[str, Any]] = Field(default_factory=list)
     latency: LatencyModel = LatencyModel()
+    pruning: PruningModel = PruningModel()
     heartbeat_seconds: float = Field(10.0, gt=0)
 
     @field_validator("storage")

@@ -135,13 +135,15 @@ def open_study(ctx: Context, *, create: bool = True) -> optuna.Study:
 
 def counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
     """Trials by state, with excluded ones (stale, interrupted, surplus) apart and infeasible counted."""
-    out = {"complete": 0, "infeasible": 0, "failed": 0, "running": 0, "waiting": 0, "excluded": 0}
+    out = {"complete": 0, "infeasible": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0, "excluded": 0}
     for t in trials:
         if EXCLUDED in t.user_attrs:
             out["excluded"] += 1
         elif t.state == TrialState.COMPLETE:
             out["complete"] += 1
             out["infeasible"] += not t.user_attrs.get("feasible", True)
+        elif t.state == TrialState.PRUNED:
+            out["pruned"] += 1
         elif t.state == TrialState.FAIL:
             out["failed"] += 1
         elif t.state == TrialState.RUNNING:
@@ -277,6 +279,12 @@ class Evaluator:
             return [0.0 if name == "val_acc" else measured[name] for name in study.objectives]
 
         run_dir = self.ctx.report_dir / "trials" / f"{trial.number:05d}"
+        pruner = None
+        cost_objectives = {name: measured[name] for name in study.objectives if name != "val_acc"}
+        if study.pruning.enabled and cost_objectives:
+            from mbv2_search.pruning import RungPruner
+
+            pruner = RungPruner(trial.study, trial, cost_objectives, study.pruning, study.training.epochs)
         result = train(
             spec,
             data,
@@ -288,6 +296,7 @@ class Evaluator:
             device=str(torch_device),
             precision=study.training.precision,
             max_minutes=study.training.max_minutes,
+            callbacks=[pruner] if pruner else (),
         )
         counted = fvcore_count(spec)  # the independent count, stored beside the analytic one
         attrs.update(
@@ -309,6 +318,9 @@ class Evaluator:
             fvcore_by_operator=counted.by_operator,
         )
         _set_attrs(trial, attrs)
+        if pruner is not None and pruner.stopped_at is not None:
+            trial.set_user_attr("prune_reason", pruner.reason)
+            raise optuna.TrialPruned(pruner.reason)
         return [result.val_acc if name == "val_acc" else measured[name] for name in study.objectives]
 
 
@@ -323,6 +335,7 @@ class WorkerReport:
 
     ran: int = 0
     failed: int = 0
+    pruned: int = 0
     recovered: int = 0
 
 
@@ -370,6 +383,9 @@ def work(
             study.tell(trial, state=TrialState.FAIL)
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             raise
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            report.pruned += 1
         except (TrainingError, ArchError, RuntimeError, ValueError) as err:
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
             study.tell(trial, state=TrialState.FAIL)
@@ -432,7 +448,7 @@ def snapshot(study: optuna.Study, ctx: Context) -> dict[str, Any]:
         for t in trials
         if t.state == TrialState.COMPLETE and t.datetime_complete and t.datetime_start and EXCLUDED not in t.user_attrs
     ]
-    done = state["complete"] + state["failed"]
+    done = state["complete"] + state["failed"] + state["pruned"]
     remaining = max(0, ctx.study.n_trials - done)
     mean = sum(durations) / len(durations) if durations else None
     running = [

@@ -250,3 +250,34 @@ def test_export_onnx_matches_pytorch(tmp_path):
     session = onnxruntime.InferenceSession(written["onnx"], providers=["CPUExecutionProvider"])
     got = session.run(["logits"], {"images": images.numpy()})[0]
     assert np.abs(got - expected).max() < 1e-4
+
+
+def test_multi_objective_early_stopping_stops_dominated_trials(tmp_path):
+    from mbv2_search.pruning import dominators, rung_key
+
+    pruning = {"enabled": True, "min_epochs": 1, "reduction_factor": 2, "min_peers": 2, "min_dominators": 1}
+    ctx = context(
+        tmp_path,
+        n_trials=8,
+        pruning=pruning,
+        training={"epochs": 3, "batch_size": 256, "device": "cpu"},
+        sampler={"name": "grid"},
+    )
+    report = work(ctx)
+    trials = open_study(ctx).get_trials()
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert report.pruned == len(pruned) > 0 and finished(ctx)["pruned"] == len(pruned)
+    for t in pruned:  # stopped at a rung, for a stated reason that holds in the stored values
+        epoch = int(t.user_attrs["prune_reason"].split("epoch ")[1].split(" ")[0])
+        assert t.user_attrs["epochs"] == epoch < 3
+        study = open_study(ctx)
+        assert dominators(study, t.number, epoch, t.user_attrs[rung_key(epoch)], {"madds": t.user_attrs["madds"]})
+    assert all(rung_key(1) in t.user_attrs for t in trials)
+
+
+def test_pruning_rungs():
+    from mbv2_search.config import PruningModel
+
+    assert PruningModel(min_epochs=1, reduction_factor=3).rungs(10) == [1, 3, 9]
+    assert PruningModel(min_epochs=3, reduction_factor=3).rungs(10) == [3, 9]
+    assert PruningModel(min_epochs=3).rungs(3) == []

@@ -28,6 +28,7 @@ TRIAL_COLUMNS = (
     "seed",
     "fvcore_madds",
     "fail_reason",
+    "prune_reason",
     "excluded",
     "baseline",
 )

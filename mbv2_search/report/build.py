@@ -77,6 +77,7 @@ def _counts(frame: pd.DataFrame) -> dict[str, int]:
         "infeasible (not trained)": int(
             ((frame["state"] == "COMPLETE") & frame["feasible"].eq(False) & ~excluded).sum()
         ),
+        "stopped early (pruned)": int(((frame["state"] == "PRUNED") & ~excluded).sum()),
         "failed": int(((frame["state"] == "FAIL") & ~excluded).sum()),
         "running": int(((frame["state"] == "RUNNING") & ~excluded).sum()),
         "excluded (stale, interrupted, surplus)": int(excluded.sum()),

@@ -1,0 +1,74 @@
+"""Early stopping for multi-objective studies, which Optuna's pruners refuse.
+
+At each rung (successive halving: min_epochs x factor^k epochs) a running trial reports its validation
+accuracy; it stops when enough trials that reached the same rung dominate it there: accuracy at least
+as high at no more cost (costs are known before training), one of them strictly better. Peers are
+read from the shared storage, so it works across workers. Training knows nothing of this: the
+search passes the callback in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import pytorch_lightning as pl
+
+from mbv2_search.config import PruningModel
+
+
+def rung_key(epoch: int) -> str:
+    """User attribute holding a trial's validation accuracy at a rung."""
+    return f"rung_{epoch:04d}"
+
+
+def dominators(
+    study: optuna.Study, trial_number: int, epoch: int, accuracy: float, costs: dict[str, float]
+) -> list[int]:
+    """Numbers of the trials that reached this rung and dominate (accuracy, costs) there."""
+    key = rung_key(epoch)
+    out = []
+    for peer in study.get_trials(deepcopy=False):
+        if peer.number == trial_number or key not in peer.user_attrs or "excluded" in peer.user_attrs:
+            continue
+        peer_accuracy = peer.user_attrs[key]
+        peer_costs = [peer.user_attrs.get(name) for name in costs]
+        if any(value is None for value in peer_costs):
+            continue
+        no_worse = peer_accuracy >= accuracy and all(p <= c for p, c in zip(peer_costs, costs.values()))
+        better = peer_accuracy > accuracy or any(p < c for p, c in zip(peer_costs, costs.values()))
+        if no_worse and better:
+            out.append(peer.number)
+    return out
+
+
+def peers_at(study: optuna.Study, trial_number: int, epoch: int) -> int:
+    """How many other trials reported at this rung."""
+    key = rung_key(epoch)
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.number != trial_number and key in t.user_attrs)
+
+
+class RungPruner(pl.Callback):
+    """Reports validation accuracy at each rung and stops training when the rung's peers dominate it."""
+
+    def __init__(
+        self, study: optuna.Study, trial: optuna.Trial, costs: dict[str, float], config: PruningModel, epochs: int
+    ) -> None:
+        self.study, self.trial, self.costs, self.config = study, trial, costs, config
+        self.rungs = set(config.rungs(epochs))
+        self.stopped_at: int | None = None
+        self.reason = ""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch not in self.rungs or "val_acc" not in trainer.callback_metrics:
+            return
+        accuracy = float(trainer.callback_metrics["val_acc"])
+        self.trial.set_user_attr(rung_key(epoch), accuracy)
+        if peers_at(self.study, self.trial.number, epoch) < self.config.min_peers:
+            return
+        better = dominators(self.study, self.trial.number, epoch, accuracy, self.costs)
+        if len(better) >= self.config.min_dominators:
+            self.stopped_at = epoch
+            self.reason = f"dominated at epoch {epoch} (val_acc {accuracy:.4f}) by trials {', '.join(map(str, sorted(better)[:10]))}"
+            trainer.should_stop = True
