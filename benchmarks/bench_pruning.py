@@ -5,7 +5,7 @@ stopping, and with it (the study file's pruning settings, or the defaults). Hype
 (validation error, MAdds) over completed trials, against one reference point per seed pair
 (error 1.0, 1.1 x the largest MAdds seen in either run).
 
-Usage: python benchmarks/bench_pruning.py [--seeds 0,1,2] [--trials 20]
+Usage: python benchmarks/bench_pruning.py [--seeds 0,1,2] [--trials 20] [--set min_epochs=2 ...]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mbv2_search.report.analysis import hypervolume, trials_frame  # noqa: E402
 from mbv2_search.search import load_context, open_study, work  # noqa: E402
 
 
-def run(folder: Path, seed: int, trials: int, pruning: bool) -> list:
+def run(folder: Path, seed: int, trials: int, pruning: bool, settings: dict) -> list:
     study = yaml.safe_load((ROOT / "studies" / "quickstart.yaml").read_text())
     name = f"prune-{'on' if pruning else 'off'}-{seed}"
     study.update(
@@ -34,7 +34,7 @@ def run(folder: Path, seed: int, trials: int, pruning: bool) -> list:
         space=str(ROOT / "search_spaces" / "quickstart.yaml"),
         sampler={"name": "tpe", "seed": seed},
     )
-    study["pruning"] = {**study.get("pruning", {}), "enabled": pruning}
+    study["pruning"] = {**study.get("pruning", {}), **settings, "enabled": pruning}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(study))
     ctx = load_context(path, reports_root=folder / "reports")
@@ -54,12 +54,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override a pruning setting, e.g. --set min_epochs=2",
+    )
     args = parser.parse_args()
+    settings = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in (int(s) for s in args.seeds.split(",")):
-            off = run(Path(tmp), seed, args.trials, pruning=False)
-            on = run(Path(tmp), seed, args.trials, pruning=True)
+            off = run(Path(tmp), seed, args.trials, False, settings)
+            on = run(Path(tmp), seed, args.trials, True, settings)
             largest = max(t.user_attrs["madds"] for t in off + on)
             reference = np.array([1.0, 1.1 * largest])
             rows.append((seed, summary(off, reference), summary(on, reference)))

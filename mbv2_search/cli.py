@@ -841,6 +841,17 @@ def latency_table(
     )
 
 
+def _storage_error(err: BaseException) -> bool:
+    """A database that went away or refused us (SQLAlchemy/psycopg), as opposed to a bug."""
+    import optuna
+
+    try:
+        from sqlalchemy.exc import DBAPIError, OperationalError
+    except ImportError:  # pragma: no cover - optuna depends on sqlalchemy
+        return isinstance(err, optuna.exceptions.StorageInternalError)
+    return isinstance(err, (optuna.exceptions.StorageInternalError, OperationalError, DBAPIError))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors and exit 2 for bad input, no tracebacks for user mistakes."""
     try:
@@ -867,3 +878,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    except Exception as err:
+        if not _storage_error(err):
+            raise
+        first = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        click.echo(
+            f"mbv2-search: error: the study storage is unreachable ({_mask(first)}); the study is intact: run the same command again to resume",
+            err=True,
+        )
+        sys.exit(1)

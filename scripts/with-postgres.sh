@@ -18,5 +18,8 @@ stop() { as_pg "$bin/pg_ctl" -D "$root/data" -m fast -w stop >/dev/null 2>&1 || 
 trap stop EXIT
 as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres mbv2
 export MBV2_TEST_POSTGRES="postgresql+psycopg://postgres@127.0.0.1:$port/mbv2"
-export MBV2_TEST_PG_CTL="$bin/pg_ctl -D $root/data"
+pg=""; [ "$(id -u)" = 0 ] && pg="runuser -u postgres --"
+# for the test that stops and restarts the server mid-study
+export MBV2_TEST_PG_STOP="$pg $bin/pg_ctl -D $root/data -m fast -w stop"
+export MBV2_TEST_PG_START="$pg $bin/pg_ctl -D $root/data -l $root/log -w -o '-p $port -k $root -c listen_addresses=127.0.0.1 -c max_connections=200' start"
 "$@"

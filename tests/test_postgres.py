@@ -54,3 +54,59 @@ def test_password_never_reaches_reports_or_attrs(tmp_path):
     ctx, trials = run_workers(tmp_path, 1, n_trials=1)
     stored = str(open_study(ctx).user_attrs) + str([t.user_attrs for t in trials])
     assert "postgresql" not in stored  # the storage URL is never written into the study
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MBV2_TEST_PG_STOP"),
+    reason="needs a server this test may stop and start (scripts/with-postgres.sh)",
+)
+def test_storage_going_away_mid_study_is_one_line_and_resumable(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_crash import wait_for
+
+    path = write_study(
+        tmp_path,
+        name=f"pg-{uuid.uuid4().hex[:8]}",
+        n_trials=4,
+        training={"epochs": 3, "batch_size": 256, "device": "cpu"},
+    )
+    ctx = load_context(path, URL, tmp_path / "reports")
+    command = [
+        sys.executable,
+        "-m",
+        "mbv2_search",
+        "run",
+        path,
+        "--storage",
+        URL,
+        "--reports",
+        str(tmp_path / "reports"),
+    ]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def one_done_one_running():
+        try:
+            states = [t.state for t in open_study(ctx, create=False).get_trials(deepcopy=False)]
+        except Exception:
+            return False
+        return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING
+
+    assert wait_for(one_done_one_running)
+    before = {t.number: t.datetime_complete for t in open_study(ctx).get_trials() if t.state == TrialState.COMPLETE}
+    subprocess.run(os.environ["MBV2_TEST_PG_STOP"], shell=True, check=True)
+    try:
+        _, err = run.communicate(timeout=120)
+    finally:
+        subprocess.run(os.environ["MBV2_TEST_PG_START"], shell=True, check=True)
+    assert run.returncode == 1 and len(err.strip().splitlines()) == 1, err
+    assert "storage is unreachable" in err and "run the same command again to resume" in err
+    time.sleep(3 * ctx.study.heartbeat_seconds + 0.5)
+    from mbv2_search.search import work
+
+    work(ctx)
+    trials = open_study(ctx).get_trials()
+    assert counts(trials)["complete"] == 4
+    assert all(t.datetime_complete == before[t.number] for t in trials if t.number in before)  # nothing lost or redone
