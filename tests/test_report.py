@@ -109,7 +109,7 @@ def test_pareto_figure_shows_every_trial_once():
     data = frame()
     figure = figures.pareto_figure([("s", data, OBJECTIVES, ["width", "resolution"])], "madds")
     by_name = {trace.name: len(trace.x) for trace in figure.data}
-    assert by_name == {"s: Pareto front": 4, "s: dominated": 1, "s: infeasible (not trained)": 1}
+    assert by_name == {"s: Pareto front (val_acc, madds)": 4, "s: dominated": 1, "s: infeasible (not trained)": 1}
 
 
 def test_figure5_only_for_width_resolution_grids():

@@ -47,7 +47,7 @@ def pareto_figure(studies: list[tuple[str, pd.DataFrame, list[str], list[str]]],
                 x=front[cost],
                 y=front["val_acc"],
                 mode="lines+markers",
-                name=f"{label}: Pareto front",
+                name=f"{label}: Pareto front ({', '.join(objectives)})",
                 text=_hover(front, knobs),
                 hoverinfo="text+x+y",
             )

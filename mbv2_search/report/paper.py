@@ -73,6 +73,7 @@ def with_study(grid: pd.DataFrame, trials: pd.DataFrame) -> tuple[pd.DataFrame, 
         measured.groupby(["width", "resolution"])["val_acc"]
         .agg(measured_acc="mean", measured_runs="count")
         .reset_index()
+        .round({"measured_acc": 4})
     )
     out = grid.merge(summary, on=["width", "resolution"], how="left")
     out["measured_runs"] = out["measured_runs"].fillna(0).astype(int)
