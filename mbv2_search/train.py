@@ -311,7 +311,8 @@ class RichEpochProgress(pl.Callback):
         if self.progress is not None:
             self.progress.stop()
 
-    on_exception = on_train_end  # type: ignore[assignment]
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.on_train_end(trainer, pl_module)  # leave the terminal clean before the error is shown
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -150,3 +150,23 @@ def test_console_script_exit_code():
         [sys.executable, "-m", "mbv2_search", "cost", "--width", "9"], capture_output=True, text=True
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_train_divergence_is_reported_not_a_crash(capsys, tmp_path):
+    code, _, err = run(
+        capsys,
+        "train",
+        "--width",
+        "0.35",
+        "--resolution",
+        "17",
+        "--epochs",
+        "1",
+        "--set",
+        "lr=1e30",
+        "--set",
+        "schedule=constant",
+        "--run-dir",
+        str(tmp_path),
+    )
+    assert code == 1 and "TrainingDiverged" in err and "Traceback" not in err
