@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from mbv2_search import __version__, space
 from mbv2_search.arch import ArchError, build_spec
-from mbv2_search.config import OBJECTIVES, ArchFile, StudyFile, load_study
+from mbv2_search.config import DATASET_CLASSES, OBJECTIVES, ArchFile, StudyFile, load_study
 from mbv2_search.cost import costs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -238,8 +238,9 @@ class Evaluator:
         knobs = space.suggest_knobs(trial, self.ctx.arch_file)
         seed = space.suggest_seed(trial, self.ctx.arch_file, study.training.seed)
         torch_device = resolve_device(self.device if self.device != "auto" else study.training.device)
-        data = self._dataset(knobs.resolution, torch_device)
-        spec = build_spec(replace(knobs, num_classes=data.num_classes), self.ctx.arch_file.to_table())
+        # the class count without loading data where it is known: infeasible candidates load nothing
+        classes = DATASET_CLASSES.get(study.data.dataset) or self._dataset(knobs.resolution, torch_device).num_classes
+        spec = build_spec(replace(knobs, num_classes=classes), self.ctx.arch_file.to_table())
         cost = costs(spec)
         measured: dict[str, float] = {
             "madds": cost.madds,
@@ -278,6 +279,7 @@ class Evaluator:
             _set_attrs(trial, attrs)
             return [0.0 if name == "val_acc" else measured[name] for name in study.objectives]
 
+        data = self._dataset(knobs.resolution, torch_device)
         run_dir = self.ctx.report_dir / "trials" / f"{trial.number:05d}"
         pruner = None
         cost_objectives = {name: measured[name] for name in study.objectives if name != "val_acc"}
