@@ -327,13 +327,9 @@ def table(convention: str, fmt: str, study_file: Path | None, storage: str | Non
     notes = []
     if study_file is not None:
         from mbv2_search.report.analysis import trials_frame
-        from mbv2_search.search import open_study
 
-        ctx = _context(study_file, storage, Path("reports"))
-        try:
-            trials = open_study(ctx, create=False).get_trials(deepcopy=False)
-        except KeyError:
-            raise UserError(f"{study_file}: no study '{ctx.study.name}' in storage yet; run it first") from None
+        ctx, study = _stored_study(study_file, storage, Path("reports"))
+        trials = study.get_trials(deepcopy=False)
         frame, note = with_study(frame, trials_frame(trials, ctx.study.objectives))
         notes.append(note)
     if latency:
@@ -384,7 +380,7 @@ def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
             raise UserError(f"--set: got {item!r}; allowed: KEY=VALUE with KEY a recipe field")
         values[key.strip()] = yaml.safe_load(text)
     try:
-        return RECIPES[name].model_validate({**RECIPES[name].model_dump(), **values})
+        return RECIPES[name].with_overrides(values)
     except ValidationError as err:
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
@@ -525,6 +521,21 @@ def _context(study_file: Path, storage: str | None, reports: Path) -> Any:
     from mbv2_search.search import load_context
 
     return load_context(study_file, storage, reports)
+
+
+def _no_study(path: Path, ctx: Any) -> UserError:
+    return UserError(f"{path}: no study '{ctx.study.name}' in {_mask(ctx.storage_url)} yet; run it first")
+
+
+def _stored_study(path: Path, storage: str | None, reports: Path) -> tuple[Any, Any]:
+    """A study file's context and its stored study; a one-line error if it was never run."""
+    from mbv2_search.search import open_study
+
+    ctx = _context(path, storage, reports)
+    try:
+        return ctx, open_study(ctx, create=False)
+    except KeyError:
+        raise _no_study(path, ctx) from None
 
 
 _STUDY_ARGS = [
@@ -681,15 +692,8 @@ def _print_status(ctx: Any, study: Any) -> None:
 @study_args
 def status(study_file: Path, storage: str | None, reports: Path) -> None:
     """Counts by state, the infeasible fraction and the Pareto front of a study."""
-    from mbv2_search.search import open_study
 
-    ctx = _context(study_file, storage, reports)
-    try:
-        study = open_study(ctx, create=False)
-    except KeyError:
-        raise UserError(
-            f"{study_file}: no study '{ctx.study.name}' in {_mask(ctx.storage_url)} yet; run it first"
-        ) from None
+    ctx, study = _stored_study(study_file, storage, reports)
     _print_status(ctx, study)
 
 
@@ -712,7 +716,7 @@ def export(study_file: Path, storage: str | None, reports: Path, number: int, ou
     except ImportError as err:
         raise UserError(f"--onnx needs the {err.name} package: pip install 'mbv2-search[export]'") from None
     except KeyError:
-        raise UserError(f"{study_file}: no study '{ctx.study.name}' in storage yet; run it first") from None
+        raise _no_study(study_file, ctx) from None
     except ValueError as err:
         raise UserError(str(err)) from None
     for kind, path in written.items():
@@ -737,18 +741,11 @@ def export(study_file: Path, storage: str | None, reports: Path, number: int, ou
 def report(study_files: tuple[Path, ...], storage: str | None, reports: Path, out: Path | None) -> None:
     """Write report.html, trials.csv, pareto.csv and summary.md for one study, or overlay several."""
     from mbv2_search.report.build import study_data, write_report
-    from mbv2_search.search import open_study
     from mbv2_search.space import param_names
 
     studies, folders = [], []
     for path in study_files:
-        ctx = _context(path, storage, reports)
-        try:
-            study = open_study(ctx, create=False)
-        except KeyError:
-            raise UserError(
-                f"{path}: no study '{ctx.study.name}' in {_mask(ctx.storage_url)} yet; run it first"
-            ) from None
+        ctx, study = _stored_study(path, storage, reports)
         config = ctx.study.model_dump(mode="json", exclude={"storage"})
         studies.append(
             study_data(

@@ -357,7 +357,7 @@ class TrainingModel(Strict):
         """The named recipe with the overrides applied."""
         from mbv2_search.train import RECIPES
 
-        return RECIPES[self.recipe].model_validate({**RECIPES[self.recipe].model_dump(), **self.overrides})
+        return RECIPES[self.recipe].with_overrides(self.overrides)
 
 
 class SamplerModel(Strict):

@@ -50,6 +50,10 @@ class Recipe(BaseModel):
     ema_decay: float | None = None
     dropout: float | None = None  # None: the ArchSpec's
 
+    def with_overrides(self, overrides: dict[str, object]) -> Recipe:
+        """This recipe with some fields replaced, validated (unknown fields are errors)."""
+        return type(self).model_validate({**self.model_dump(), **overrides})
+
     def scaled_lr(self, batch_size: int) -> float:
         """Learning rate for this batch size (linear scaling rule)."""
         return self.lr * batch_size / self.reference_batch
