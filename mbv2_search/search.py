@@ -111,8 +111,14 @@ class StudyMismatch(ValueError):
 
 def open_study(ctx: Context, *, create: bool = True) -> optuna.Study:
     """Create or load the study; refuse a stored study whose space differs from the file's."""
-    storage = make_storage(ctx.storage_url)
     name = ctx.study.name
+    if (
+        not create
+        and ctx.storage_url.startswith("journal:")
+        and not Path(ctx.storage_url.removeprefix("journal:")).exists()
+    ):
+        raise KeyError(name)  # reading a study that was never run must not create its folder
+    storage = make_storage(ctx.storage_url)
     if not create:
         return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(ctx))
     study = optuna.create_study(

@@ -281,3 +281,11 @@ def test_pruning_rungs():
     assert PruningModel(min_epochs=1, reduction_factor=3).rungs(10) == [1, 3, 9]
     assert PruningModel(min_epochs=3, reduction_factor=3).rungs(10) == [3, 9]
     assert PruningModel(min_epochs=3).rungs(3) == []
+
+
+def test_status_of_a_study_never_run_is_one_line_and_creates_nothing(tmp_path, capsys):
+    path = write_study(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["status", path, "--reports", str(tmp_path / "reports")])
+    assert exit_.value.code == 2 and "no study 'tiny'" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()
