@@ -52,12 +52,20 @@ def random_cifar(images: int, device: torch.device) -> TensorData:
     )
 
 
-def project(spec, data: TensorData, epochs: int, device: str) -> float:
+def project(spec, data: TensorData, epochs: int, device: str, compile: bool = False) -> float:
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(
-            spec, data, epochs=epochs, batch_size=BATCH, recipe=RECIPES["fast"], seed=0, run_dir=run_dir, device=device
+            spec,
+            data,
+            epochs=epochs,
+            batch_size=BATCH,
+            recipe=RECIPES["fast"],
+            seed=0,
+            run_dir=run_dir,
+            device=device,
+            compile=compile,
         )
-    print(f"  project: {result.memory_format}, precision auto, {result.device}", file=sys.stderr)
+    print(f"  project: {result.memory_format}, precision auto, compile {compile}, {result.device}", file=sys.stderr)
     return statistics.median(h["train_images_per_second"] for h in result.history[1:])
 
 
@@ -125,24 +133,31 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--images", type=int, default=50_000)
+    parser.add_argument("--data", default="digits,cifar", help="digits, cifar (random CIFAR-shaped) or both")
+    parser.add_argument("--compile", action="store_true", help="Add a column: the project's path with torch.compile")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}; batch {BATCH}; {args.epochs} epochs (first is warm-up)")
+    extra = " project + torch.compile img/s | compiled / baseline |" if args.compile else ""
     print(
         "| data | width | project img/s (on-device, bf16, channels_last) | DataLoader baseline img/s (fp32) | ratio |"
+        + extra
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|" + ("---:|---:|" if args.compile else ""))
     cifar = dict(stem_stride=1, strides=(1, 1, 2, 2, 1, 2, 1), num_classes=10, resolution=32)
-    for data_name, data in (
-        ("digits", load_digits(32, device)),
-        ("random CIFAR-shaped", random_cifar(args.images, device)),
-    ):
+    datasets = {"digits": lambda: load_digits(32, device), "cifar": lambda: random_cifar(args.images, device)}
+    for key in args.data.split(","):
+        data = datasets[key]()
         for width in (0.5, 1.0):
             spec = build_spec(Knobs(width=width, **cifar))
             ours = project(spec, data, args.epochs, args.device)
             theirs = baseline(spec, data, args.epochs, args.device)
-            print(f"| {data_name} | {width} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.1f}x |", flush=True)
+            row = f"| {data.name} | {width} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.1f}x |"
+            if args.compile:
+                compiled = project(spec, data, args.epochs, args.device, compile=True)
+                row += f" {compiled:,.0f} | {compiled / theirs:.1f}x |"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

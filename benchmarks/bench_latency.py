@@ -1,10 +1,10 @@
-"""Latency prediction from a lookup table against measurement, batch 1 on this CPU.
+"""Latency prediction from a lookup table against measurement, batch 1 on this CPU (or --device cuda).
 
 For each space: build its table (every unit of every candidate), then for random candidates compare
 the predicted latency with the measured one (median of repeated runs after warm-up): mean absolute
 percentage error. Goal: at most 10%.
 
-Usage: python benchmarks/bench_latency.py [--candidates 30] [--spaces quickstart,paper_grid_imagenet]
+Usage: python benchmarks/bench_latency.py [--candidates 30] [--spaces quickstart,paper_grid_imagenet] [--device cpu]
 """
 
 from __future__ import annotations
@@ -32,10 +32,13 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=30)
     parser.add_argument("--spaces", default="quickstart,paper_grid_imagenet")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
-    configure_cpu()
+    device = args.device
+    if device == "cpu":
+        configure_cpu()
     print(
-        f"{hardware_name(torch.device('cpu'))}, torch {torch.__version__}; batch 1, median of {args.repeats} runs after 5 warm-up"
+        f"{hardware_name(torch.device(device))}, torch {torch.__version__}; batch 1, median of {args.repeats} runs after 5 warm-up"
     )
     print(
         "| space | table units | table build s | candidates | measured ms (range) | MAPE | max APE | Spearman(MAdds, latency) |"
@@ -45,12 +48,12 @@ def main() -> None:
         arch_file = load_arch_file(ROOT / "search_spaces" / f"{name}.yaml")
         specs, _ = space_specs(arch_file, samples=300, num_classes=10 if name == "quickstart" else None)
         start = time.perf_counter()
-        table = build_table(specs, "cpu", repeats=args.repeats, warmup=5)
+        table = build_table(specs, device, repeats=args.repeats, warmup=5)
         built = time.perf_counter() - start
         chosen = random.Random(1).sample(specs, min(args.candidates, len(specs)))
         errors, measured_all, madds = [], [], []
         for spec in chosen:
-            measured = measure_latency_ms(spec, "cpu", repeats=args.repeats, warmup=5)
+            measured = measure_latency_ms(spec, device, repeats=args.repeats, warmup=5)
             errors.append(abs(table.predict(spec) - measured) / measured)
             measured_all.append(measured)
             madds.append(costs(spec).madds)
