@@ -330,7 +330,7 @@ def table(convention: str, fmt: str, study_file: Path | None, storage: str | Non
 
         ctx, study = _stored_study(study_file, storage, Path("reports"))
         trials = study.get_trials(deepcopy=False)
-        frame, note = with_study(frame, trials_frame(trials, ctx.study.objectives))
+        frame, note = with_study(frame, trials_frame(trials))
         notes.append(note)
     if latency:
         import torch
@@ -670,10 +670,11 @@ def _print_status(ctx: Any, study: Any) -> None:
     share = state["infeasible"] / decided if decided else 0.0
     console.print(
         f"study [bold]{ctx.study.name}[/bold] ({ctx.study.n_trials} trials asked): {state['complete']} complete "
-        f"({state['infeasible']} infeasible, not trained: {share:.0%}), {state['pruned']} stopped early, {state['failed']} failed, {state['running']} running, "
+        f"({state['infeasible']} infeasible, not trained: {share:.0%}; {state['duplicate']} duplicates, result reused), "
+        f"{state['pruned']} stopped early, {state['failed']} failed, {state['running']} running, "
         f"{state['waiting']} waiting, {state['excluded']} excluded (stale/interrupted/surplus)"
     )
-    frame = trials_frame(trials, ctx.study.objectives)
+    frame = trials_frame(trials)
     if frame.empty or not frame["eligible"].any():
         console.print("no trained trials yet")
         return

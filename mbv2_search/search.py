@@ -24,6 +24,9 @@ from mbv2_search.cost import costs
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 EXCLUDED = "excluded"  # user attr on trials that do not count: stale, interrupted or surplus (reason as value)
+DUPLICATE = "duplicate_of"  # user attr on trials whose knobs and seed an earlier trial already trained
+# what a duplicate takes from the trial it repeats (its costs it computes itself)
+REUSED = ("val_acc", "test_acc", "val_acc_history", "device", "hardware", "memory_format", "run_dir", "checkpoint")
 
 
 @dataclass
@@ -140,14 +143,18 @@ def open_study(ctx: Context, *, create: bool = True) -> optuna.Study:
 
 
 def counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
-    """Trials by state, with excluded ones (stale, interrupted, surplus) apart and infeasible counted."""
-    out = {"complete": 0, "infeasible": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0, "excluded": 0}
+    """Trials by state, with excluded ones (stale, interrupted, surplus) apart; of the complete ones,
+    how many were infeasible (never trained) and how many duplicates (an earlier trial's result reused)."""
+    out = {
+        key: 0 for key in ("complete", "infeasible", "duplicate", "pruned", "failed", "running", "waiting", "excluded")
+    }
     for t in trials:
         if EXCLUDED in t.user_attrs:
             out["excluded"] += 1
         elif t.state == TrialState.COMPLETE:
             out["complete"] += 1
             out["infeasible"] += not t.user_attrs.get("feasible", True)
+            out["duplicate"] += DUPLICATE in t.user_attrs
         elif t.state == TrialState.PRUNED:
             out["pruned"] += 1
         elif t.state == TrialState.FAIL:
@@ -285,6 +292,10 @@ class Evaluator:
             _set_attrs(trial, attrs)
             return [0.0 if name == "val_acc" else measured[name] for name in study.objectives]
 
+        original = _trained_twin(trial)
+        if original is not None:  # samplers re-propose points in small spaces: reuse, never retrain
+            return self._reuse(trial, original, attrs, measured)
+
         data = self._dataset(knobs.resolution, torch_device)
         run_dir = self.ctx.report_dir / "trials" / f"{trial.number:05d}"
         pruner = None
@@ -330,6 +341,38 @@ class Evaluator:
             trial.set_user_attr("prune_reason", pruner.reason)
             raise optuna.TrialPruned(pruner.reason)
         return [result.val_acc if name == "val_acc" else measured[name] for name in study.objectives]
+
+    def _reuse(
+        self, trial: optuna.Trial, original: optuna.trial.FrozenTrial, attrs: dict, measured: dict
+    ) -> list[float]:
+        """Record a duplicate with the result of the trial it repeats, at no training cost."""
+        reused = {key: original.user_attrs[key] for key in REUSED if key in original.user_attrs}
+        _set_attrs(
+            trial, {**attrs, **reused, "trained": True, DUPLICATE: original.number, "epochs": 0, "train_seconds": 0.0}
+        )
+        if original.state == TrialState.PRUNED:
+            reason = f"duplicate of trial {original.number}, which was stopped early: {original.user_attrs.get('prune_reason')}"
+            trial.set_user_attr("prune_reason", reason)
+            raise optuna.TrialPruned(reason)
+        return [
+            original.user_attrs["val_acc"] if name == "val_acc" else measured[name]
+            for name in self.ctx.study.objectives
+        ]
+
+
+def _trained_twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """The earliest finished, trained, counted trial with the same knobs and seed, if any."""
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        attrs = other.user_attrs
+        if (
+            other.params == trial.params
+            and attrs.get("trained")
+            and "val_acc" in attrs
+            and DUPLICATE not in attrs
+            and EXCLUDED not in attrs
+        ):
+            return other
+    return None
 
 
 def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
@@ -449,7 +492,7 @@ def snapshot(study: optuna.Study, ctx: Context) -> dict[str, Any]:
 
     trials = study.get_trials(deepcopy=False)
     state = counts(trials)
-    frame = trials_frame(trials, ctx.study.objectives)
+    frame = trials_frame(trials)
     front = int(pareto_mask(frame, ctx.study.objectives).sum()) if len(frame) else 0
     durations = [
         (t.datetime_complete - t.datetime_start).total_seconds()

@@ -59,7 +59,7 @@ TRIALS = [
 
 
 def frame():
-    return trials_frame(TRIALS, OBJECTIVES)
+    return trials_frame(TRIALS)
 
 
 def test_pareto_membership():
@@ -96,7 +96,7 @@ def test_spearman_on_known_orderings():
 
 def test_variant_summary_mean_and_std():
     trials = [made(i, acc, 100, width=w) for i, (acc, w) in enumerate([(0.9, 0.5), (0.8, 0.5), (0.95, 1.0)])]
-    table = variant_summary(trials_frame(trials, OBJECTIVES), ["width"])
+    table = variant_summary(trials_frame(trials), ["width"])
     row = table[table["width"] == 0.5].iloc[0]
     assert (
         row["runs"] == 2
@@ -117,7 +117,7 @@ def test_figure5_only_for_width_resolution_grids():
         made(i, 0.9, 100 * i, width=w, resolution=r)
         for i, (w, r) in enumerate([(0.5, 16), (0.5, 32), (1.0, 16), (1.0, 32), (1.0, 32)])
     ]
-    data = trials_frame(grid, OBJECTIVES)
+    data = trials_frame(grid)
     figure = figures.figure5(data, ["width", "resolution"])
     assert [len(t.x) for t in figure.data] == [2, 2]  # one line per width, one point per resolution (seeds averaged)
     assert figures.figure5(data, ["width", "resolution", "expansion"]) is None
@@ -158,7 +158,7 @@ def test_table_with_study_maps_scaled_resolutions_by_rank():
 
     resolutions = [20, 24, 28, 32, 36]
     trials = [made(i, 0.5 + 0.01 * i, 100, width=1.0, resolution=r) for i, r in enumerate(resolutions)]
-    grid, note = with_study(paper_grid(), trials_frame(trials, OBJECTIVES))
+    grid, note = with_study(paper_grid(), trials_frame(trials))
     measured = grid[grid["measured_runs"] > 0]
     assert sorted(measured["resolution"]) == [96, 128, 160, 192, 224] and (measured["width"] == 1.0).all()
     assert "20->96" in note and "Spearman rank correlation with published top-1 over 5 points: 1.000" in note

@@ -275,6 +275,30 @@ def test_multi_objective_early_stopping_stops_dominated_trials(tmp_path):
     assert all(rung_key(1) in t.user_attrs for t in trials)
 
 
+def test_duplicate_candidates_reuse_the_earlier_result_instead_of_training(tmp_path):
+    space = {**SPACE, "knobs": {"num_classes": 10, "resolution": 8}, "vary": {"width": {"choices": [0.5, 1.0]}}}
+    pruning = {"enabled": True, "min_epochs": 1, "reduction_factor": 2, "min_peers": 1}
+    ctx = context(tmp_path, space=space, n_trials=6, pruning=pruning, training={"epochs": 2, "batch_size": 256})
+    work(ctx)
+    trials = open_study(ctx).get_trials()
+    originals = {t.number: t for t in trials if "duplicate_of" not in t.user_attrs}
+    duplicates = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert len(originals) == 2 and len(duplicates) == 4  # two points in the space, each trained once
+    assert len(list((ctx.report_dir / "trials").iterdir())) == 2
+    for t in duplicates:
+        original = originals[t.user_attrs["duplicate_of"]]
+        assert original.number < t.number and original.params == t.params and t.state == original.state
+        assert t.user_attrs["epochs"] == 0 and t.user_attrs["val_acc"] == original.user_attrs["val_acc"]
+        if t.state == TrialState.COMPLETE:
+            assert t.values == original.values
+        else:
+            assert t.user_attrs["prune_reason"].startswith(f"duplicate of trial {original.number}")
+    assert finished(ctx)["duplicate"] == sum(t.state == TrialState.COMPLETE for t in duplicates)
+    from mbv2_search.report.analysis import trials_frame
+
+    assert trials_frame(trials)["eligible"].sum() <= 2  # each point once in fronts and EDFs
+
+
 def test_pruning_rungs():
     from mbv2_search.config import PruningModel
 

@@ -30,11 +30,12 @@ TRIAL_COLUMNS = (
     "fail_reason",
     "prune_reason",
     "excluded",
+    "duplicate_of",
     "baseline",
 )
 
 
-def trials_frame(trials: list[Any], objectives: list[str]) -> pd.DataFrame:
+def trials_frame(trials: list[Any]) -> pd.DataFrame:
     """One row per trial: number, state, every knob (params), every cost and metric from user attrs."""
     rows = []
     for t in trials:
@@ -51,7 +52,13 @@ def trials_frame(trials: list[Any], objectives: list[str]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    frame["eligible"] = (frame["state"] == "COMPLETE") & frame["trained"].eq(True) & frame["excluded"].isna()
+    # trained results, each once: a duplicate repeats an earlier trial's point
+    frame["eligible"] = (
+        (frame["state"] == "COMPLETE")
+        & frame["trained"].eq(True)
+        & frame["excluded"].isna()
+        & frame["duplicate_of"].isna()
+    )
     return frame
 
 

@@ -21,6 +21,7 @@ from mbv2_search.report.analysis import (
     trials_frame,
     variant_summary,
 )
+from mbv2_search.search import counts
 
 
 @dataclass
@@ -32,6 +33,7 @@ class StudyData:
     knobs: list[str]
     config: dict[str, Any]
     frame: pd.DataFrame
+    counts: dict[str, int]  # search.counts of the same trials
 
     @property
     def front(self) -> pd.DataFrame:
@@ -45,7 +47,7 @@ def study_data(
     name: str, trials: list[Any], objectives: list[str], knobs: list[str], config: dict[str, Any]
 ) -> StudyData:
     """Frames for one study from its Optuna trials (the report's only input from storage)."""
-    return StudyData(name, objectives, knobs, config, trials_frame(trials, objectives))
+    return StudyData(name, objectives, knobs, config, trials_frame(trials), counts(trials))
 
 
 def _front_table(data: StudyData) -> pd.DataFrame:
@@ -68,19 +70,17 @@ def _readable(front: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def _counts(frame: pd.DataFrame) -> dict[str, int]:
-    if frame.empty:
-        return {}
-    excluded = frame["excluded"].notna()
+def _counts(data: StudyData) -> dict[str, int]:
+    """The search's counts, labelled for people; complete means trained here."""
+    c = data.counts
     return {
-        "complete (trained)": int(frame["eligible"].sum()),
-        "infeasible (not trained)": int(
-            ((frame["state"] == "COMPLETE") & frame["feasible"].eq(False) & ~excluded).sum()
-        ),
-        "stopped early (pruned)": int(((frame["state"] == "PRUNED") & ~excluded).sum()),
-        "failed": int(((frame["state"] == "FAIL") & ~excluded).sum()),
-        "running": int(((frame["state"] == "RUNNING") & ~excluded).sum()),
-        "excluded (stale, interrupted, surplus)": int(excluded.sum()),
+        "complete (trained)": c["complete"] - c["infeasible"] - c["duplicate"],
+        "infeasible (not trained)": c["infeasible"],
+        "duplicates (an earlier trial's result reused)": c["duplicate"],
+        "stopped early (pruned)": c["pruned"],
+        "failed": c["failed"],
+        "running": c["running"],
+        "excluded (stale, interrupted, surplus)": c["excluded"],
     }
 
 
@@ -102,7 +102,7 @@ def summary_markdown(data: StudyData) -> str:
     total = frame["train_seconds"].fillna(0).sum()
     lines += [
         f"- objectives: {', '.join(data.objectives)}",
-        "- trials: " + ", ".join(f"{v} {k}" for k, v in _counts(frame).items()),
+        "- trials: " + ", ".join(f"{v} {k}" for k, v in _counts(data).items()),
         f"- best validation accuracy: {best['val_acc']:.4f} (trial {int(best['number'])}, {best['madds'] / 1e6:.2f} M MAdds, {best['params'] / 1e6:.3f} M params)",
         f"- Pareto front: {len(data.front)} trials; total training time {total / 60:.1f} min on {_hardware(frame)}",
         "",
@@ -164,7 +164,7 @@ def build_html(studies: list[StudyData], title: str) -> str:
         variants = [k for k in s.knobs if k != "seed"]
         if "seed" in s.knobs and not s.frame.empty:
             body += "<h3>accuracy per variant over seeds</h3>" + _table_html(variant_summary(s.frame, variants))
-        counts = "".join(f"<li>{html.escape(k)}: {v}</li>" for k, v in _counts(s.frame).items())
+        counts = "".join(f"<li>{html.escape(k)}: {v}</li>" for k, v in _counts(s).items())
         total = s.frame["train_seconds"].fillna(0).sum() if not s.frame.empty else 0
         body += f"<ul>{counts}<li>total training time: {total / 60:.1f} min</li><li>hardware: {html.escape(_hardware(s.frame))}</li></ul>"
         body += f"<h3>configuration</h3><pre>{html.escape(yaml.safe_dump(s.config, sort_keys=False))}</pre>"
