@@ -370,10 +370,11 @@ class PruningModel(Strict):
     """Multi-objective early stopping at successive-halving rungs (epochs min_epochs x factor^k)."""
 
     enabled: bool = False
+    # Defaults measured on the quickstart study (benchmarks/bench_pruning.py): rungs at epochs 1, 3, 9.
     reduction_factor: int = Field(3, ge=2)
-    min_epochs: int = Field(3, ge=1)
-    min_peers: int = Field(4, ge=1)  # trials that must have reached a rung before any is stopped there
-    min_dominators: int = Field(2, ge=1)  # stop a trial dominated (better accuracy at no more cost) by this many
+    min_epochs: int = Field(1, ge=1)
+    min_peers: int = Field(3, ge=1)  # trials that must have reached a rung before any is stopped there
+    min_dominators: int = Field(1, ge=1)  # stop a trial dominated (better accuracy at no more cost) by this many
 
     def rungs(self, epochs: int) -> list[int]:
         """Epochs at which running trials are compared (those before the last epoch)."""

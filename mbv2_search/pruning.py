@@ -2,9 +2,9 @@
 
 At each rung (successive halving: min_epochs x factor^k epochs) a running trial reports its validation
 accuracy; it stops when enough trials that reached the same rung dominate it there: accuracy at least
-as high at no more cost (costs are known before training), one of them strictly better. Peers are
-read from the shared storage, so it works across workers. Training knows nothing of this: the
-search passes the callback in.
+as high at no more cost (costs are known before training), one of them strictly better. So a trial
+on the rung's Pareto front always goes on. Peers are read from the shared storage, so it works
+across workers. Training knows nothing of this: the search passes the callback in.
 """
 
 from __future__ import annotations

@@ -305,6 +305,7 @@ def test_pruning_rungs():
     assert PruningModel(min_epochs=1, reduction_factor=3).rungs(10) == [1, 3, 9]
     assert PruningModel(min_epochs=3, reduction_factor=3).rungs(10) == [3, 9]
     assert PruningModel(min_epochs=3).rungs(3) == []
+    assert PruningModel().rungs(10) == [1, 3, 9]  # the defaults bench_pruning.py measured
 
 
 def test_status_of_a_study_never_run_is_one_line_and_creates_nothing(tmp_path, capsys):
