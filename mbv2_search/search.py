@@ -61,11 +61,11 @@ def load_context(path: str | Path, storage: str | None = None, reports_root: str
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage from a URL: 'journal:PATH' or an RDB URL (postgresql://, sqlite://)."""
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
+        from mbv2_search.journal import SafeJournalFile
 
         file_path = Path(url.removeprefix("journal:"))
         file_path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(file_path)))
+        return optuna.storages.JournalStorage(SafeJournalFile(str(file_path)))
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
@@ -429,10 +429,13 @@ def work(
             if on_event:
                 on_event("start", trial)
             values = evaluate(trial)
-        except KeyboardInterrupt:
-            trial.set_user_attr(EXCLUDED, "interrupted: Ctrl-C; it runs again on resume")
-            study.tell(trial, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        except (KeyboardInterrupt, OSError) as err:  # Ctrl-C, a full disk: the trial runs again on resume
+            why = "Ctrl-C" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+            # the storage may be what failed (a full disk); then its missing heartbeat marks it stale later
+            with contextlib.suppress(Exception):
+                trial.set_user_attr(EXCLUDED, f"interrupted: {why}; it runs again on resume")
+                study.tell(trial, state=TrialState.FAIL)
+                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             raise
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)

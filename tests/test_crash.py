@@ -118,3 +118,56 @@ def test_unwritable_report_folder_is_a_clear_error(tmp_path, capsys):
         main(["run", write_study(tmp_path), "--reports", str(blocker)])
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and len(err.strip().splitlines()) == 1 and "cannot write" in err
+
+
+def test_drop_torn_tail_cuts_only_an_unfinished_record(tmp_path):
+    from mbv2_search.journal import drop_torn_tail
+
+    path = tmp_path / "journal"
+    path.write_bytes(b'{"a":1}\n{"b":2}\n')
+    assert drop_torn_tail(str(path)) == 0 and path.read_bytes() == b'{"a":1}\n{"b":2}\n'
+    path.write_bytes(b'{"a":1}\n{"b":' + b"x" * 200_000)  # torn record longer than the read chunk
+    assert drop_torn_tail(str(path)) == 200_005 and path.read_bytes() == b'{"a":1}\n'
+    path.write_bytes(b'{"a":')
+    assert drop_torn_tail(str(path)) == 5 and path.read_bytes() == b""
+
+
+def test_a_torn_journal_record_is_dropped_and_the_study_resumes(tmp_path):
+    path = write_study(tmp_path, n_trials=2)
+    ctx = load_context(path, reports_root=tmp_path / "reports")
+    work(ctx)
+    before = {t.number: t.datetime_complete for t in open_study(ctx).get_trials()}
+    journal = ctx.report_dir / "study.journal"
+    with open(journal, "ab") as f:  # what a write cut short by a full disk leaves
+        f.write(b'{"op_code":8,"worker_id":"w","trial_id":1,"user_attr":{"ver')
+    ctx = load_context(write_study(tmp_path, n_trials=3), reports_root=tmp_path / "reports")
+    work(ctx)
+    after = open_study(ctx).get_trials()
+    assert counts(after)["complete"] == 3
+    assert {t.number: t.datetime_complete for t in after if t.number in before} == before
+
+
+def test_disk_full_mid_study_exits_1_and_resumes_when_space_is_back(tmp_path, capsys):
+    from mbv2_search.cli import main
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root) to fill a disk")
+    try:
+        reports = str(disk / "reports")
+        main(["run", write_study(tmp_path, n_trials=2), "--reports", reports])
+        filler = disk / "filler"
+        with open(filler, "wb", buffering=0) as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+        with pytest.raises(SystemExit) as exit_:
+            main(["run", write_study(tmp_path, n_trials=4), "--reports", reports])
+        assert exit_.value.code == 1 and "No space left on device" in capsys.readouterr().err
+        filler.unlink()
+        time.sleep(2)  # past the heartbeat grace (3 x 0.5 s): a trial left running is stale
+        main(["run", write_study(tmp_path, n_trials=4), "--reports", reports])
+        ctx = load_context(write_study(tmp_path, n_trials=4), reports_root=reports)
+        assert counts(open_study(ctx).get_trials())["complete"] == 4
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
