@@ -590,11 +590,11 @@ class _SearchProgress:
         eta = f"ETA {snap['eta_seconds'] / 60:.1f} min" if snap["eta_seconds"] else "ETA -"
         shown = running if running is not None else snap["running_params"]
         knobs = "; ".join(_short(p) for p in shown[:2])
-        self.progress.update(
-            self.task,
-            completed=snap["done"],
-            info=f"front {snap['front']}  infeasible {snap['infeasible']}  failed {snap['failed']}  {eta}  {knobs}",
-        )
+        counts = [f"front {snap['front']}", f"infeasible {snap['infeasible']}", f"failed {snap['failed']}"]
+        counts += [
+            f"{label} {snap[key]}" for key, label in (("pruned", "stopped"), ("duplicate", "reused")) if snap[key]
+        ]
+        self.progress.update(self.task, completed=snap["done"], info="  ".join([*counts, eta, knobs]))
 
     def on_event(self, kind: str, trial: Any) -> None:
         self.refresh([trial.params] if kind == "start" else [])
