@@ -27,6 +27,9 @@ from mbv2_search.data import Split, TensorData, load_digits  # noqa: E402
 from mbv2_search.model import build_model  # noqa: E402
 from mbv2_search.train import RECIPES, train  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import plain  # noqa: E402
+
 BATCH = 256
 
 
@@ -135,16 +138,21 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=50_000)
     parser.add_argument("--data", default="digits,cifar", help="digits, cifar (random CIFAR-shaped) or both")
     parser.add_argument("--compile", action="store_true", help="Add a column: the project's path with torch.compile")
+    parser.add_argument("--plain", action="store_true", help="Add a column: a hand-written loop (bench_train.plain)")
+    parser.add_argument(
+        "--formats", action="store_true", help="Then the plain loop in fp32/bf16 x contiguous/channels_last"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}; batch {BATCH}; {args.epochs} epochs (first is warm-up)")
     extra = " project + torch.compile img/s | compiled / baseline |" if args.compile else ""
+    extra += " plain loop img/s (same model, data, bf16) | project / plain |" if args.plain else ""
     print(
         "| data | width | project img/s (on-device, bf16, channels_last) | DataLoader baseline img/s (fp32) | ratio |"
         + extra
     )
-    print("|---|---:|---:|---:|---:|" + ("---:|---:|" if args.compile else ""))
+    print("|---|---:|---:|---:|---:|" + "---:|---:|" * (args.compile + args.plain))
     cifar = dict(stem_stride=1, strides=(1, 1, 2, 2, 1, 2, 1), num_classes=10, resolution=32)
     datasets = {"digits": lambda: load_digits(32, device), "cifar": lambda: random_cifar(args.images, device)}
     for key in args.data.split(","):
@@ -157,7 +165,27 @@ def main() -> None:
             if args.compile:
                 compiled = project(spec, data, args.epochs, args.device, compile=True)
                 row += f" {compiled:,.0f} | {compiled / theirs:.1f}x |"
+            if args.plain:
+                hand = plain(spec, data, args.epochs, args.device, BATCH)
+                row += f" {hand:,.0f} | {ours / hand:.2f}x |"
             print(row, flush=True)
+    if args.formats:
+        _formats(args, cifar, device)
+
+
+def _formats(args, cifar: dict, device: torch.device) -> None:
+    """The plain loop under each precision and memory format: which the GPU prefers at this size."""
+    print("\n| data | width | fp32 contiguous | fp32 channels_last | bf16 contiguous | bf16 channels_last |")
+    print("|---|---:|---:|---:|---:|---:|")
+    data = random_cifar(args.images, device)
+    for width in (0.5, 1.0):
+        spec = build_spec(Knobs(width=width, **cifar))
+        rates = [
+            plain(spec, data, args.epochs, args.device, BATCH, bf16=bf16, channels_last=cl)
+            for bf16 in (False, True)
+            for cl in (False, True)
+        ]
+        print(f"| {data.name} | {width} | " + " | ".join(f"{r:,.0f}" for r in rates) + " |", flush=True)
 
 
 if __name__ == "__main__":

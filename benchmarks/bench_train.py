@@ -42,31 +42,50 @@ def project(spec, data: TensorData, epochs: int) -> tuple[float, str]:
     return statistics.median(h["train_images_per_second"] for h in result.history[1:]), result.memory_format
 
 
-def plain(spec, data: TensorData, epochs: int) -> float:
-    """A hand-written loop over the same model, tensors, optimizer and memory format."""
-    configure_cpu()
+def plain(
+    spec,
+    data: TensorData,
+    epochs: int,
+    device: str = "cpu",
+    batch: int = BATCH,
+    bf16: bool | None = None,
+    channels_last: bool | None = None,
+) -> float:
+    """A hand-written loop over the same model, tensors, optimizer and memory format. By default as the
+    project's path chooses: bf16 autocast on a GPU, the memory format its probe prefers."""
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        configure_cpu()
     torch.manual_seed(0)
-    channels_last = prefers_channels_last(spec, torch.device("cpu"), BATCH)
-    model = build_model(spec)
+    if channels_last is None:
+        channels_last = prefers_channels_last(spec, dev, batch)
+    model = build_model(spec).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loader = data.loader("train", BATCH, train=True, seed=0, channels_last=channels_last)
+    loader = data.loader("train", batch, train=True, seed=0, channels_last=channels_last)
     module = Classifier(
-        model, RECIPES["fast"], batch_size=BATCH, epochs=epochs, steps_per_epoch=len(loader), num_classes=10
+        model, RECIPES["fast"], batch_size=batch, epochs=epochs, steps_per_epoch=len(loader), num_classes=10
     )
     setup = module.configure_optimizers()
     optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    cuda = dev.type == "cuda"
+    bf16 = cuda if bf16 is None else bf16
     rates = []
     for _ in range(epochs):
         model.train()
+        if cuda:
+            torch.cuda.synchronize()
         start, images = time.perf_counter(), 0
         for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             images += len(y)
+        if cuda:
+            torch.cuda.synchronize()
         rates.append(images / (time.perf_counter() - start))
     return statistics.median(rates[1:])
 
