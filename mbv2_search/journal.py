@@ -22,13 +22,16 @@ def drop_torn_tail(path: str) -> int:
     """Truncate the file after its last newline; returns the bytes dropped (0 when it ends cleanly)."""
     with open(path, "r+b") as f:
         size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0  # the usual case: a clean end, one byte read
         end = size
         while end > 0:
             start = max(0, end - _CHUNK)
             f.seek(start)
             chunk = f.read(end - start)
-            if end == size and chunk.endswith(b"\n"):
-                return 0
             newline = chunk.rfind(b"\n")
             if newline >= 0:
                 f.truncate(start + newline + 1)
