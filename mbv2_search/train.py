@@ -377,7 +377,9 @@ def prefers_channels_last(spec: ArchSpec, device: torch.device, batch_size: int)
         torch.get_num_threads(),
     )
     if key not in _FORMAT_CACHE:
-        _FORMAT_CACHE[key] = _probe_channels_last(spec, min(batch_size, 16))
+        # on its own random stream: a probe that ran or was cached must not change the seeded run
+        with torch.random.fork_rng(devices=[]):
+            _FORMAT_CACHE[key] = _probe_channels_last(spec, min(batch_size, 16))
     return _FORMAT_CACHE[key]
 
 

@@ -40,6 +40,9 @@ def test_training_learns_and_writes_run_folder(digits, tmp_path):
 
 
 def test_same_seed_on_cpu_gives_same_metrics(digits, tmp_path):
+    from mbv2_search.train import _FORMAT_CACHE
+
+    _FORMAT_CACHE.clear()  # the first run probes the memory format, the second finds it cached
     first = run(digits, tmp_path / "a")
     second = run(digits, tmp_path / "b")
     metrics = lambda result: [(h["train_loss"], h["train_acc"], h["val_acc"], h["val_loss"]) for h in result.history]  # noqa: E731
