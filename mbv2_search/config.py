@@ -373,7 +373,7 @@ class PruningModel(Strict):
     # Defaults measured on the quickstart study (benchmarks/bench_pruning.py): rungs at epochs 1, 3, 9.
     reduction_factor: int = Field(3, ge=2)
     min_epochs: int = Field(1, ge=1)
-    min_peers: int = Field(3, ge=1)  # trials that must have reached a rung before any is stopped there
+    min_peers: int = Field(5, ge=1)  # trials that must have reached a rung before any is stopped there
     min_dominators: int = Field(1, ge=1)  # stop a trial dominated (better accuracy at no more cost) by this many
 
     def rungs(self, epochs: int) -> list[int]:
