@@ -25,9 +25,9 @@ import torch.nn.functional as F  # noqa: E402
 from mbv2_search.arch import Knobs, build_spec  # noqa: E402
 from mbv2_search.data import Split, TensorData, load_digits  # noqa: E402
 from mbv2_search.model import build_model  # noqa: E402
-from mbv2_search.train import RECIPES, train  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_train  # noqa: E402
 from bench_train import plain  # noqa: E402
 
 BATCH = 256
@@ -56,20 +56,9 @@ def random_cifar(images: int, device: torch.device) -> TensorData:
 
 
 def project(spec, data: TensorData, epochs: int, device: str, compile: bool = False) -> float:
-    with tempfile.TemporaryDirectory() as run_dir:
-        result = train(
-            spec,
-            data,
-            epochs=epochs,
-            batch_size=BATCH,
-            recipe=RECIPES["fast"],
-            seed=0,
-            run_dir=run_dir,
-            device=device,
-            compile=compile,
-        )
-    print(f"  project: {result.memory_format}, precision auto, compile {compile}, {result.device}", file=sys.stderr)
-    return statistics.median(h["train_images_per_second"] for h in result.history[1:])
+    rate, memory_format = bench_train.project(spec, data, epochs, device, BATCH, compile)
+    print(f"  project: {memory_format}, precision auto, compile {compile}, {device}", file=sys.stderr)
+    return rate
 
 
 class _Baseline(pl.LightningModule):

@@ -48,9 +48,8 @@ def run(folder: Path, seed: int, trials: int, pruning: bool, settings: dict) -> 
     return open_study(ctx).get_trials()
 
 
-def points(trials: list) -> np.ndarray:
-    """(validation error, MAdds) of the completed trials."""
-    frame = trials_frame(trials)
+def points(frame) -> np.ndarray:
+    """(validation error, MAdds) of the completed trials in a trials_frame."""
     done = frame[frame["eligible"]]
     return np.column_stack([1 - done["val_acc"].astype(float), done["madds"].astype(float)])
 
@@ -59,7 +58,7 @@ def summary(trials: list, reference: np.ndarray) -> tuple[int, float, int, float
     """Epochs trained, normalised hypervolume, trials stopped early, best validation accuracy, duplicates."""
     frame = trials_frame(trials)
     epochs = int(frame["epochs"].fillna(0).sum())
-    front = points(trials)
+    front = points(frame)
     stopped = int((frame["state"] == "PRUNED").sum())
     duplicates = int(frame["duplicate_of"].notna().sum())
     return epochs, hypervolume(front, reference) / float(np.prod(reference)), stopped, 1 - front[:, 0].min(), duplicates
@@ -67,7 +66,7 @@ def summary(trials: list, reference: np.ndarray) -> tuple[int, float, int, float
 
 def random_drop(trials: list, reference: np.ndarray, drop: int, draws: int = 1000) -> float:
     """Median normalised hypervolume after dropping `drop` completed trials at random."""
-    all_points = points(trials)
+    all_points = points(trials_frame(trials))
     rng = np.random.default_rng(0)
     keep = len(all_points) - drop
     volumes = [

@@ -33,11 +33,22 @@ from mbv2_search.train import RECIPES, Classifier, _Clock, configure_cpu, prefer
 BATCH = 64
 
 
-def project(spec, data: TensorData, epochs: int) -> tuple[float, str]:
-    """The product's path: mbv2_search.train.train; per-epoch training-step throughput."""
+def project(
+    spec, data: TensorData, epochs: int, device: str = "cpu", batch: int = BATCH, compile: bool = False
+) -> tuple[float, str]:
+    """The product's path: mbv2_search.train.train; per-epoch training-step throughput and the memory
+    format it chose."""
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(
-            spec, data, epochs=epochs, batch_size=BATCH, recipe=RECIPES["fast"], seed=0, run_dir=run_dir, device="cpu"
+            spec,
+            data,
+            epochs=epochs,
+            batch_size=batch,
+            recipe=RECIPES["fast"],
+            seed=0,
+            run_dir=run_dir,
+            device=device,
+            compile=compile,
         )
     return statistics.median(h["train_images_per_second"] for h in result.history[1:]), result.memory_format
 

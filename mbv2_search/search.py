@@ -290,7 +290,7 @@ class Evaluator:
         if not feasible:  # known before building anything: never trained
             attrs["trained"] = False
             _set_attrs(trial, attrs)
-            return [0.0 if name == "val_acc" else measured[name] for name in study.objectives]
+            return _values(study.objectives, 0.0, measured)
 
         original = _trained_twin(trial)
         if original is not None:  # samplers re-propose points in small spaces: reuse, never retrain
@@ -338,9 +338,8 @@ class Evaluator:
         )
         _set_attrs(trial, attrs)
         if pruner is not None and pruner.stopped_at is not None:
-            trial.set_user_attr("prune_reason", pruner.reason)
-            raise optuna.TrialPruned(pruner.reason)
-        return [result.val_acc if name == "val_acc" else measured[name] for name in study.objectives]
+            _stop(trial, pruner.reason)
+        return _values(study.objectives, result.val_acc, measured)
 
     def _reuse(
         self, trial: optuna.Trial, original: optuna.trial.FrozenTrial, attrs: dict, measured: dict
@@ -351,13 +350,22 @@ class Evaluator:
             trial, {**attrs, **reused, "trained": True, DUPLICATE: original.number, "epochs": 0, "train_seconds": 0.0}
         )
         if original.state == TrialState.PRUNED:
-            reason = f"duplicate of trial {original.number}, which was stopped early: {original.user_attrs.get('prune_reason')}"
-            trial.set_user_attr("prune_reason", reason)
-            raise optuna.TrialPruned(reason)
-        return [
-            original.user_attrs["val_acc"] if name == "val_acc" else measured[name]
-            for name in self.ctx.study.objectives
-        ]
+            _stop(
+                trial,
+                f"duplicate of trial {original.number}, which was stopped early: {original.user_attrs.get('prune_reason')}",
+            )
+        return _values(self.ctx.study.objectives, original.user_attrs["val_acc"], measured)
+
+
+def _values(objectives: list[str], val_acc: float, measured: dict[str, float]) -> list[float]:
+    """The objective values Optuna is told, in the study's order."""
+    return [val_acc if name == "val_acc" else measured[name] for name in objectives]
+
+
+def _stop(trial: optuna.Trial, reason: str) -> None:
+    """End the trial as stopped early (PRUNED), its reason stored."""
+    trial.set_user_attr("prune_reason", reason)
+    raise optuna.TrialPruned(reason)
 
 
 def _trained_twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
