@@ -22,7 +22,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mbv2_search.search import load_context, open_study, start_workers, work  # noqa: E402
+from mbv2_search.search import load_context, open_study  # noqa: E402
+from mbv2_search.workers import start_workers, work  # noqa: E402
 
 
 def study_copy(folder: Path, name: str, trials: int, workers: int) -> Path:

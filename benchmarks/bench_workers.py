@@ -24,7 +24,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mbv2_search.search import counts, load_context, make_storage, open_study, start_workers  # noqa: E402
+from mbv2_search.ledger import counts  # noqa: E402
+from mbv2_search.search import load_context, make_storage, open_study  # noqa: E402
+from mbv2_search.workers import start_workers  # noqa: E402
 
 SPACE = {
     "knobs": {"num_classes": 10},

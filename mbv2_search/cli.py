@@ -15,6 +15,7 @@ from rich.table import Table as RichTable
 
 from mbv2_search.arch import ArchError, ArchSpec, Knobs, build_spec
 from mbv2_search.config import ConfigError, load_arch_file
+from mbv2_search.errors import mask_url
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # no truncation when piped
 
@@ -464,6 +465,7 @@ def train(
 
     from mbv2_search.cost import costs
     from mbv2_search.data import DataError, load_dataset
+    from mbv2_search.interrupts import SignalGuard
     from mbv2_search.train import TrainingError, resolve_device
     from mbv2_search.train import train as run_training
 
@@ -479,20 +481,21 @@ def train(
         spec = build_spec(replace(spec.knobs, num_classes=data.num_classes), spec.table)
     run_dir = run_dir or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     try:
-        result = run_training(
-            spec,
-            data,
-            epochs=epochs,
-            batch_size=batch_size,
-            recipe=recipe,
-            seed=seed,
-            run_dir=run_dir,
-            device=device,
-            precision=precision,
-            memory_format=memory_format,
-            compile=use_compile,
-            progress=not as_json,
-        )
+        with SignalGuard() as guard, guard.interruptible():  # Ctrl-C exits 130, not Lightning's 1
+            result = run_training(
+                spec,
+                data,
+                epochs=epochs,
+                batch_size=batch_size,
+                recipe=recipe,
+                seed=seed,
+                run_dir=run_dir,
+                device=device,
+                precision=precision,
+                memory_format=memory_format,
+                compile=use_compile,
+                progress=not as_json,
+            )
     except TrainingError as err:
         click.echo(f"mbv2-search train: {type(err).__name__}: {err}", err=True)
         sys.exit(1)
@@ -524,7 +527,7 @@ def _context(study_file: Path, storage: str | None, reports: Path) -> Any:
 
 
 def _no_study(path: Path, ctx: Any) -> UserError:
-    return UserError(f"{path}: no study '{ctx.study.name}' in {_mask(ctx.storage_url)} yet; run it first")
+    return UserError(f"{path}: no study '{ctx.study.name}' in {mask_url(ctx.storage_url)} yet; run it first")
 
 
 def _stored_study(path: Path, storage: str | None, reports: Path) -> tuple[Any, Any]:
@@ -608,71 +611,77 @@ class _SearchProgress:
     help="Local worker processes (default: the study's workers:); they split the CPU cores or take one GPU each.",
 )
 def run(study_file: Path, storage: str | None, reports: Path, workers: int | None) -> None:
-    """Run a study to n_trials (resuming where it stopped), then print its Pareto front."""
-    import time
+    """Run a study to n_trials (resuming where it stopped), then print its Pareto front.
 
-    from mbv2_search.search import StudyMismatch, open_study, start_workers, work
+    Exit codes: 0 complete (or the space exhausted), 1 a failure of the environment (data, disk,
+    storage) or a worker, 2 bad input, 3 trials left (timeout), 130 Ctrl-C, 143 SIGTERM; the running
+    trials of an interrupted run are run again when you resume.
+    """
+    from mbv2_search.search import StudyMismatch, check_data, finish_line, open_study
+    from mbv2_search.workers import supervise, work
 
     ctx = _context(study_file, storage, reports)
+    check_data(ctx)
     try:
         study = open_study(ctx)
     except StudyMismatch as err:
         raise UserError(str(err)) from None
     workers = workers or ctx.study.workers
     view = _SearchProgress(ctx, study)
+    stopped, failures = "", []
     with view.progress:
         view.refresh()
         if workers == 1:
-            try:
-                work(ctx, on_event=view.on_event)
-            except KeyboardInterrupt:
-                console.print("interrupted: the running trial will run again when you resume")
-                sys.exit(130)
+            stopped = work(ctx, on_event=view.on_event).stopped
         else:
-            processes = start_workers(ctx, workers, reports)
-            try:
-                while any(p.is_alive() for p in processes):
-                    view.refresh()
-                    time.sleep(1.0)
-            except KeyboardInterrupt:
-                for process in processes:
-                    process.join(timeout=30)  # each got the Ctrl-C too and marks its trial for rerun
-                console.print("interrupted: running trials will run again when you resume")
-                sys.exit(130)
+            failures = supervise(ctx, workers, reports, on_tick=view.refresh, on_note=console.print)
         view.refresh([])
     _print_status(ctx, study)
+    _finish(*finish_line(ctx, study, stopped, failures))
+
+
+def _finish(code: int, line: str) -> None:
+    """Print the run's closing line (if any) and exit with its code."""
+    if line:
+        click.echo(f"mbv2-search: {line}", err=True)
+    if code:
+        sys.exit(code)
 
 
 @cli.command()
 @study_args
 @click.option("--device", default=None, help="Training device for this worker (default: the study's training.device).")
 def worker(study_file: Path, storage: str | None, reports: Path, device: str | None) -> None:
-    """Join an existing study as one more worker (from another shell or machine)."""
-    from mbv2_search.search import StudyMismatch, work
+    """Join an existing study as one more worker (from another shell or machine); exit codes as for run."""
+    from mbv2_search.search import StudyMismatch, check_data, finish_line, open_study
+    from mbv2_search.workers import work
 
     ctx = _context(study_file, storage, reports)
+    check_data(ctx)
     try:
         report = work(ctx, device=device or ctx.study.training.device)
     except StudyMismatch as err:
         raise UserError(str(err)) from None
     console.print(
-        f"worker done: {report.ran} trials run, {report.failed} failed, {report.recovered} stale trials recovered"
+        f"worker done: {report.ran} trials run, {report.failed} failed, {report.pruned} stopped early, "
+        f"{report.duplicates} duplicates skipped, {report.recovered} trials of stopped workers re-queued"
     )
+    _finish(*finish_line(ctx, open_study(ctx), report.stopped))
 
 
 def _print_status(ctx: Any, study: Any) -> None:
+    from mbv2_search.ledger import counts
     from mbv2_search.report.analysis import pareto_mask, trials_frame
-    from mbv2_search.search import counts
 
     trials = study.get_trials(deepcopy=False)
     state = counts(trials)
-    decided = state["complete"]
-    share = state["infeasible"] / decided if decided else 0.0
+    counted = state["complete"] + state["pruned"] + state["failed"]
+    share = state["infeasible"] / state["complete"] if state["complete"] else 0.0
     console.print(
-        f"study [bold]{ctx.study.name}[/bold] ({ctx.study.n_trials} trials asked): {state['complete']} complete "
-        f"({state['infeasible']} infeasible, not trained: {share:.0%}; {state['duplicate']} duplicates, result reused), "
-        f"{state['pruned']} stopped early, {state['failed']} failed, {state['running']} running, "
-        f"{state['waiting']} waiting, {state['excluded']} excluded (stale/interrupted/surplus)"
+        f"study [bold]{ctx.study.name}[/bold]: {counted} of {ctx.study.n_trials} trials counted: {state['complete']} complete "
+        f"({state['infeasible']} infeasible, not trained: {share:.0%}), {state['pruned']} stopped early, "
+        f"{state['failed']} failed; {state['running']} running, {state['waiting']} waiting; not counted: "
+        f"{state['duplicate']} duplicates (not trained), {state['excluded']} excluded (interrupted, stale, environment, surplus)"
     )
     frame = trials_frame(trials)
     if frame.empty or not frame["eligible"].any():
@@ -709,11 +718,14 @@ def status(study_file: Path, storage: str | None, reports: Path) -> None:
 )
 def export(study_file: Path, storage: str | None, reports: Path, number: int, out: Path | None, onnx: bool) -> None:
     """Write a trial's block table (YAML for cost/arch/train --table), weights (torchvision layout), optionally ONNX."""
-    from mbv2_search.search import export_trial
+    from mbv2_search.export import NoWeights, export_trial
 
     ctx = _context(study_file, storage, reports)
     try:
         written = export_trial(ctx, number, out, onnx=onnx)
+    except NoWeights as err:
+        click.echo(f"mbv2-search: error: {err}", err=True)
+        sys.exit(1)
     except ImportError as err:
         raise UserError(f"--onnx needs the {err.name} package: pip install 'mbv2-search[export]'") from None
     except KeyError:
@@ -766,13 +778,6 @@ def report(study_files: tuple[Path, ...], storage: str | None, reports: Path, ou
         raise UserError(f"{err.filename or out}: cannot write the report ({err.strerror})") from None
     for name, path in written.items():
         console.print(f"{name}: {path}")
-
-
-def _mask(url: str) -> str:
-    """A storage URL with any password replaced by ***."""
-    import re
-
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 @cli.command("latency-table")
@@ -839,19 +844,11 @@ def latency_table(
     )
 
 
-def _storage_error(err: BaseException) -> bool:
-    """A database that went away or refused us (SQLAlchemy/psycopg), as opposed to a bug."""
-    import optuna
-
-    try:
-        from sqlalchemy.exc import DBAPIError, OperationalError
-    except ImportError:  # pragma: no cover - optuna depends on sqlalchemy
-        return isinstance(err, optuna.exceptions.StorageInternalError)
-    return isinstance(err, (optuna.exceptions.StorageInternalError, OperationalError, DBAPIError))
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one-line errors and exit 2 for bad input, no tracebacks for user mistakes."""
+    """Entry point: one-line errors and exit 2 for bad input, 1 for the environment, 128 + N for signal N."""
+    from mbv2_search.errors import environment_message
+    from mbv2_search.interrupts import Interrupted
+
     try:
         cli.main(args=argv, prog_name="mbv2-search", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as err:
@@ -867,21 +864,17 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, ArchError) as err:
         click.echo(f"mbv2-search: error: {err}", err=True)
         sys.exit(2)
-    except OSError as err:  # the environment, not the input: disk full, a file where a folder should be
-        where = err.filename or "a file"
-        click.echo(f"mbv2-search: error: cannot write or read {where}: {err.strerror or err}", err=True)
-        sys.exit(1)
+    except Interrupted as err:
+        click.echo(f"interrupted by {err}: running trials will run again when you resume", err=True)
+        sys.exit(err.exit_code)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
     except Exception as err:
-        if not _storage_error(err):
+        message = environment_message(err)
+        if message is None:
             raise
-        first = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        click.echo(
-            f"mbv2-search: error: the study storage is unreachable ({_mask(first)}); the study is intact: run the same command again to resume",
-            err=True,
-        )
+        click.echo(f"mbv2-search: error: {message}", err=True)
         sys.exit(1)

@@ -394,7 +394,7 @@ class LatencyModel(Strict):
 class StudyFile(Strict):
     """A study: a space, data, a training budget, objectives, constraints, sampler and storage."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    name: str  # also the folder reports/<name>/: checked by _folder_name
     description: str | None = None
     space: str | ArchFile
     data: DataModel = DataModel()
@@ -412,6 +412,15 @@ class StudyFile(Strict):
     latency: LatencyModel = LatencyModel()
     pruning: PruningModel = PruningModel()
     heartbeat_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name) or set(name) == {"."}:
+            raise ValueError(
+                "allowed: 1 to 100 letters, digits, '_', '-' or '.', not '.' or '..' (it names reports/<name>/)"
+            )
+        return name
 
     @field_validator("storage")
     @classmethod
@@ -474,6 +483,9 @@ def load_study(path: str | Path) -> tuple[StudyFile, ArchFile]:
         arch_file = study.space
         check_arch(arch_file, path, section="space.")
     _check_study(study, arch_file, path)
+    if study.data.dir is not None:  # every path in a study file is relative to the study file
+        data = study.data.model_copy(update={"dir": str(path.parent / Path(study.data.dir).expanduser())})
+        study = study.model_copy(update={"data": data})
     return study, arch_file
 
 

@@ -16,12 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mbv2_search.errors import DataError
+
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 SPLIT_SEED = 0  # fixed, so every trial of a study sees the same train/val/test split
-
-
-class DataError(ValueError):
-    """Data the user must provide is missing or malformed; the message says what is expected where."""
 
 
 @dataclass
@@ -254,6 +252,48 @@ class FolderData:
         )
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
+
+
+def _class_images(folder: Path) -> dict[str, list[Path]]:
+    """Each class sub-folder of one split with its image files (by extension), sorted."""
+    return {
+        c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        for c in sorted(folder.iterdir())
+        if c.is_dir()
+    }
+
+
+def check_imagefolder(root: Path) -> int:
+    """Check an image folder's layout, that no class is empty and that each class's first image opens;
+    returns the class count."""
+    from PIL import Image, UnidentifiedImageError
+
+    expected = "train/ and val/, each with one sub-folder of images per class"
+    splits = {}
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError(f"{root / split}: missing; expected {expected}")
+        splits[split] = _class_images(root / split)
+        if not splits[split]:
+            raise DataError(f"{root / split}: no class sub-folders; expected {expected}")
+        for name, images in splits[split].items():
+            if not images:
+                raise DataError(
+                    f"{root / split / name}: no images ({', '.join(IMAGE_EXTENSIONS)}); expected {expected}"
+                )
+            try:
+                with Image.open(images[0]) as image:
+                    image.verify()
+            except (OSError, UnidentifiedImageError, SyntaxError) as err:
+                raise DataError(f"{images[0]}: not a readable image ({type(err).__name__}: {err})") from None
+    if sorted(splits["val"]) != sorted(splits["train"]):
+        raise DataError(
+            f"{root}: train/ has {len(splits['train'])} classes but val/ has {len(splits['val'])}; they must match"
+        )
+    return len(splits["train"])
+
+
 def load_imagefolder(data_dir: str | Path | None, resolution: int, workers: int) -> FolderData:
     """Check an image folder's layout; the val/ split serves as both validation and test."""
     if data_dir is None:
@@ -261,16 +301,15 @@ def load_imagefolder(data_dir: str | Path | None, resolution: int, workers: int)
             "imagefolder: no data folder given; pass --data-dir (or data.dir) with train/ and val/ of class sub-folders"
         )
     root = Path(data_dir)
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise DataError(f"{root / split}: missing; expected train/ and val/, each with one sub-folder per class")
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    val_classes = sorted(p.name for p in (root / "val").iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"{root / 'train'}: no class sub-folders")
-    if val_classes != classes:
-        raise DataError(f"{root}: train/ has {len(classes)} classes but val/ has {len(val_classes)}; they must match")
-    return FolderData("imagefolder", root, len(classes), resolution, workers)
+    return FolderData("imagefolder", root, check_imagefolder(root), resolution, workers)
+
+
+def check_source(name: str, data_dir: str | Path | None) -> None:
+    """Check that a dataset's files are there and readable, without keeping them (before any trial runs)."""
+    if name in _CIFAR:
+        load_cifar(name, data_dir, 1, torch.device("cpu"))
+    elif name == "imagefolder":
+        load_imagefolder(data_dir, 1, 0)
 
 
 def load_dataset(

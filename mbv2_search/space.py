@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from typing import Any
 
 import optuna
@@ -105,3 +107,27 @@ def cheapest_knobs(arch_file: ArchFile, **fixed: Any) -> list[Knobs]:
         least[knob] = tuple([value] * len(arch_file.table.rows)) if values.per_row else value
     combos = [dict(zip(categorical, combo)) for combo in itertools.product(*categorical.values())]
     return [arch_file.knobs.to_knobs(**least, **combo, **fixed) for combo in combos]
+
+
+def size(arch_file: ArchFile) -> int | None:
+    """How many distinct candidates the space holds; None where a range is continuous."""
+    try:
+        points = grid(arch_file)
+    except ValueError:
+        return None
+    return math.prod(len(values) for values in points.values())
+
+
+def unseen_point(arch_file: ArchFile, seen: set[str], rng: random.Random, tries: int = 1000) -> dict[str, Any] | None:
+    """A random point of a finite space whose candidate key is not in `seen` (None if none was found)."""
+    from mbv2_search.ledger import candidate_key
+
+    try:
+        points = grid(arch_file)
+    except ValueError:
+        return None
+    for _ in range(tries):
+        point = {name: rng.choice(values) for name, values in points.items()}
+        if candidate_key(point) not in seen:
+            return point
+    return None

@@ -12,7 +12,9 @@ import uuid
 import pytest
 from optuna.trial import TrialState
 
-from mbv2_search.search import EXCLUDED, counts, load_context, open_study, work
+from mbv2_search.ledger import EXCLUDED, counts
+from mbv2_search.search import load_context, open_study
+from mbv2_search.workers import work
 from tests.test_search import write_study
 
 

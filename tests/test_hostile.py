@@ -35,6 +35,10 @@ CASES = {
     "non-UTF-8 bytes": (b"name: \xff\xfe\n", "not UTF-8"),
     "alias bomb": (BOMB, "aliases expand to more than 100,000 values"),
     "python tag": (b"name: !!python/object/apply:os.system [echo pwned]\n", "invalid YAML"),
+    "study name '..'": (study_with(name=".."), "name: got '..'; allowed: 1 to 100 letters"),
+    "study name '.'": (study_with(name="."), "name: got '.'; allowed"),
+    "empty study name": (study_with(name=""), "name: got ''; allowed"),
+    "study name with a slash": (study_with(name="a/b"), "name: got 'a/b'; allowed"),
     "unknown top-level key": (
         study_with(trainig={"epochs": 1}),
         "trainig: unknown key 'trainig'; did you mean 'training'?",
@@ -124,7 +128,7 @@ def test_password_in_a_study_file_is_refused_and_not_echoed(tmp_path, capsys):
 
 
 def test_storage_urls_are_masked():
-    from mbv2_search.cli import _mask
+    from mbv2_search.errors import mask_url as _mask
 
     assert _mask("postgresql+psycopg://mbv2:s3cret@host:5432/db") == "postgresql+psycopg://mbv2:***@host:5432/db"
     assert _mask("journal:reports/x/study.journal") == "journal:reports/x/study.journal"

@@ -9,7 +9,8 @@ from mbv2_search.arch import Knobs, build_spec
 from mbv2_search.cli import main
 from mbv2_search.config import ArchFile
 from mbv2_search.latency import LatencyTable, build_table, space_specs, unit_keys
-from mbv2_search.search import load_context, open_study, work
+from mbv2_search.search import load_context, open_study
+from mbv2_search.workers import work
 from tests.test_search import SPACE, write_study
 
 

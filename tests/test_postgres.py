@@ -9,7 +9,9 @@ from collections import Counter
 import pytest
 from optuna.trial import TrialState
 
-from mbv2_search.search import EXCLUDED, counts, load_context, open_study, start_workers
+from mbv2_search.ledger import EXCLUDED, counts
+from mbv2_search.search import load_context, open_study
+from mbv2_search.workers import start_workers
 from tests.test_search import SPACE, write_study
 
 URL = os.environ.get("MBV2_TEST_POSTGRES")
@@ -104,7 +106,7 @@ def test_storage_going_away_mid_study_is_one_line_and_resumable(tmp_path):
     assert run.returncode == 1 and len(err.strip().splitlines()) == 1, err
     assert "storage is unreachable" in err and "run the same command again to resume" in err
     time.sleep(3 * ctx.study.heartbeat_seconds + 0.5)
-    from mbv2_search.search import work
+    from mbv2_search.workers import work
 
     work(ctx)
     trials = open_study(ctx).get_trials()

@@ -130,7 +130,8 @@ def test_user_strings_are_escaped(tmp_path):
 
 
 def test_report_from_a_tiny_real_study(tmp_path):
-    from mbv2_search.search import open_study, work
+    from mbv2_search.search import open_study
+    from mbv2_search.workers import work
     from tests.test_search import context
 
     ctx = context(tmp_path, n_trials=3, constraints={"madds": "2e5"})

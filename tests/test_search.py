@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -11,17 +13,12 @@ from optuna.trial import TrialState
 
 from mbv2_search.cli import main
 from mbv2_search.config import load_arch_file
+from mbv2_search.export import export_trial
+from mbv2_search.interrupts import Interrupted
+from mbv2_search.ledger import EXCLUDED, counts
 from mbv2_search.model import build_model
-from mbv2_search.search import (
-    EXCLUDED,
-    StudyMismatch,
-    counts,
-    export_trial,
-    load_context,
-    open_study,
-    start_workers,
-    work,
-)
+from mbv2_search.search import StudyMismatch, load_context, open_study
+from mbv2_search.workers import start_workers, work
 
 SPACE = {
     "table": {
@@ -206,18 +203,20 @@ def test_bad_study_files_exit_2_naming_file_and_key(tmp_path, capsys, changes, n
     assert not (tmp_path / "reports").exists()  # nothing stored
 
 
-def test_ctrl_c_leaves_the_trial_to_rerun(tmp_path, monkeypatch):
+def test_ctrl_c_in_training_requeues_the_trial(tmp_path, monkeypatch):
     ctx = context(tmp_path, n_trials=2)
 
     def interrupted_training(*args, **kwargs):
-        raise KeyboardInterrupt  # Ctrl-C in the middle of training
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, arriving in the middle of training
+        time.sleep(5)
 
     with monkeypatch.context() as patch:
         patch.setattr("mbv2_search.train.train", interrupted_training)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(Interrupted) as interrupted:
             work(ctx)
+    assert interrupted.value.exit_code == 130
     first = open_study(ctx).get_trials()
-    assert first[0].state == TrialState.FAIL and "interrupted" in first[0].user_attrs[EXCLUDED]
+    assert first[0].state == TrialState.FAIL and "interrupted by SIGINT" in first[0].user_attrs[EXCLUDED]
     work(ctx)
     trials = open_study(ctx).get_trials()
     assert finished(ctx)["complete"] == 2 and trials[1].params == first[0].params  # rerun first
@@ -273,30 +272,6 @@ def test_multi_objective_early_stopping_stops_dominated_trials(tmp_path):
         study = open_study(ctx)
         assert dominators(study, t.number, epoch, t.user_attrs[rung_key(epoch)], {"madds": t.user_attrs["madds"]})
     assert all(rung_key(1) in t.user_attrs for t in trials)
-
-
-def test_duplicate_candidates_reuse_the_earlier_result_instead_of_training(tmp_path):
-    space = {**SPACE, "knobs": {"num_classes": 10, "resolution": 8}, "vary": {"width": {"choices": [0.5, 1.0]}}}
-    pruning = {"enabled": True, "min_epochs": 1, "reduction_factor": 2, "min_peers": 1}
-    ctx = context(tmp_path, space=space, n_trials=6, pruning=pruning, training={"epochs": 2, "batch_size": 256})
-    work(ctx)
-    trials = open_study(ctx).get_trials()
-    originals = {t.number: t for t in trials if "duplicate_of" not in t.user_attrs}
-    duplicates = [t for t in trials if "duplicate_of" in t.user_attrs]
-    assert len(originals) == 2 and len(duplicates) == 4  # two points in the space, each trained once
-    assert len(list((ctx.report_dir / "trials").iterdir())) == 2
-    for t in duplicates:
-        original = originals[t.user_attrs["duplicate_of"]]
-        assert original.number < t.number and original.params == t.params and t.state == original.state
-        assert t.user_attrs["epochs"] == 0 and t.user_attrs["val_acc"] == original.user_attrs["val_acc"]
-        if t.state == TrialState.COMPLETE:
-            assert t.values == original.values
-        else:
-            assert t.user_attrs["prune_reason"].startswith(f"duplicate of trial {original.number}")
-    assert finished(ctx)["duplicate"] == sum(t.state == TrialState.COMPLETE for t in duplicates)
-    from mbv2_search.report.analysis import trials_frame
-
-    assert trials_frame(trials)["eligible"].sum() <= 2  # each point once in fronts and EDFs
 
 
 def test_pruning_rungs():

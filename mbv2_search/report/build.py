@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import yaml
 from plotly.offline import get_plotlyjs
 
+from mbv2_search.ledger import counts
 from mbv2_search.report import figures
 from mbv2_search.report.analysis import (
     error_edf,
@@ -21,7 +22,6 @@ from mbv2_search.report.analysis import (
     trials_frame,
     variant_summary,
 )
-from mbv2_search.search import counts
 
 
 @dataclass
@@ -74,13 +74,13 @@ def _counts(data: StudyData) -> dict[str, int]:
     """The search's counts, labelled for people; complete means trained here."""
     c = data.counts
     return {
-        "complete (trained)": c["complete"] - c["infeasible"] - c["duplicate"],
+        "complete (trained)": c["complete"] - c["infeasible"],
         "infeasible (not trained)": c["infeasible"],
-        "duplicates (an earlier trial's result reused)": c["duplicate"],
         "stopped early (pruned)": c["pruned"],
         "failed": c["failed"],
         "running": c["running"],
-        "excluded (stale, interrupted, surplus)": c["excluded"],
+        "duplicates (proposed again, not trained or counted)": c["duplicate"],
+        "excluded (interrupted, stale, environment, surplus; not counted)": c["excluded"],
     }
 
 

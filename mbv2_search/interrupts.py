@@ -1,0 +1,83 @@
+"""SIGINT and SIGTERM as one exception, raised where it is safe.
+
+Lightning's `fit` catches KeyboardInterrupt and calls sys.exit(1), so Ctrl-C inside training would
+skip our clean-up and exit 1. Our handler raises `Interrupted` instead (a BaseException Lightning
+re-raises after its own teardown). Outside `interruptible()` blocks, the signal is only remembered
+and raised at the next `check()`, so the study's bookkeeping is never cut in half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(BaseException):
+    """A signal asked the process to stop; exit with 128 + its number (130 SIGINT, 143 SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for death by this signal."""
+        return 128 + self.signum
+
+
+class SignalGuard:
+    """Turns SIGINT and SIGTERM into Interrupted: at once inside `interruptible()`, else at `check()`.
+
+    A second signal while the first is being handled exits at once without clean-up (the trial is
+    then recovered as stale: its worker is gone). `ignore_sigint` is for worker processes whose parent
+    forwards a terminal's Ctrl-C as SIGTERM.
+    """
+
+    def __init__(self, *, ignore_sigint: bool = False) -> None:
+        self.signum: int | None = None
+        self.armed = False
+        self.ignore_sigint = ignore_sigint
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> SignalGuard:
+        if threading.current_thread() is threading.main_thread():  # handlers can only live there
+            for signum in SIGNALS:
+                ignored = signum == signal.SIGINT and self.ignore_sigint
+                self._previous[signum] = signal.signal(signum, signal.SIG_IGN if ignored else self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            print(f"second {signal.Signals(signum).name}: exiting without clean-up", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        if self.armed:
+            self.armed = False
+            raise Interrupted(signum)
+
+    def check(self) -> None:
+        """Raise Interrupted if a signal arrived."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A block (training) that a signal interrupts at once."""
+        self.check()
+        self.armed = True
+        try:
+            yield
+        finally:
+            self.armed = False

@@ -1,0 +1,163 @@
+"""The study's ledger: which trials count towards n_trials, duplicates, and trials whose worker is gone.
+
+The budget (DESIGN.md section 3): n_trials counts distinct candidates evaluated (trained, stopped
+early, infeasible, or failed for a reason of their own). Duplicates and trials excluded by an
+interruption, a dead worker or a failure of the environment never count. This module is the one
+place that decides it, and the one place that changes trial states behind Optuna's back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+EXCLUDED = "excluded"  # user attr on trials that do not count: interrupted, stale, environment, surplus (reason)
+DUPLICATE = "duplicate_of"  # user attr on trials whose candidate an earlier trial evaluated (its number)
+WORKER = "worker"  # user attr: the process running the trial (host:pid-namespace:pid)
+CANDIDATE = "candidate"  # user attr written once a trial's knobs are suggested (duplicate look-ups wait for it)
+LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+
+
+def counted(trial: FrozenTrial) -> bool:
+    """Whether the trial holds (or, running, may hold) a slot of n_trials."""
+    attrs = trial.user_attrs
+    return trial.state in LIVE and EXCLUDED not in attrs and DUPLICATE not in attrs
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Counted trials finished and running, and the distinct candidates they cover."""
+
+    done: int
+    running: int
+    candidates: int
+
+
+def budget(trials: list[FrozenTrial], below: int | None = None) -> Budget:
+    """The budget spent by these trials (only those numbered below `below`, when given)."""
+    mine = [t for t in trials if counted(t) and (below is None or t.number < below)]
+    running = sum(t.state == TrialState.RUNNING for t in mine)
+    return Budget(len(mine) - running, running, len({candidate_key(t.params) for t in mine}))
+
+
+def counts(trials: list[FrozenTrial]) -> dict[str, int]:
+    """Trials by outcome: counted ones by state (infeasible among complete), duplicates and excluded apart."""
+    keys = ("complete", "infeasible", "pruned", "failed", "running", "waiting", "duplicate", "excluded")
+    out = dict.fromkeys(keys, 0)
+    for t in trials:
+        if DUPLICATE in t.user_attrs:
+            out["duplicate"] += 1
+        elif EXCLUDED in t.user_attrs:
+            out["excluded"] += 1
+        elif t.state == TrialState.COMPLETE:
+            out["complete"] += 1
+            out["infeasible"] += not t.user_attrs.get("feasible", True)
+        else:
+            name = {TrialState.PRUNED: "pruned", TrialState.FAIL: "failed", TrialState.RUNNING: "running"}
+            out[name.get(t.state, "waiting")] += 1
+    return out
+
+
+def candidate_key(params: dict[str, Any]) -> str:
+    """A candidate's identity: its knobs and seed (the trial's parameters)."""
+    return json.dumps(params, sort_keys=True)
+
+
+def earlier_twin(study: optuna.Study, number: int, params: dict[str, Any], wait_seconds: float) -> FrozenTrial | None:
+    """The earliest counted trial before `number` with the same candidate, finished or running.
+
+    Only earlier trials are looked at, so of two workers proposing one candidate at once exactly the
+    later one stands down. An earlier trial still choosing its knobs is waited for (up to
+    wait_seconds: its worker may have died), so the look-up cannot miss it.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        undecided = False
+        for other in study.get_trials(deepcopy=False):
+            if other.number >= number or not counted(other):
+                continue
+            if other.state == TrialState.RUNNING and CANDIDATE not in other.user_attrs:
+                undecided = True
+            elif other.params == params:
+                return other
+        if not undecided or time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
+
+
+def worker_id(pid: int | None = None) -> str:
+    """This process (or a child's pid on this host): host, pid namespace and pid."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}:{namespace}:{pid or os.getpid()}"
+
+
+def _worker_gone(trial: FrozenTrial) -> bool:
+    """The trial's worker ran on this host, in this pid namespace, and that process no longer exists."""
+    host, _, pid = str(trial.user_attrs.get(WORKER, "")).rpartition(":")
+    if not pid.isdigit() or host != worker_id().rpartition(":")[0] or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def requeue(study: optuna.Study, trial_id: int, number: int, params: dict[str, Any], reason: str) -> None:
+    """Take a trial out of the budget (FAIL, excluded with the reason) and queue its candidate to run again."""
+    storage = study._storage
+    trial = storage.get_trial(trial_id)
+    if EXCLUDED in trial.user_attrs:  # another worker re-queued it already
+        return
+    storage.set_trial_user_attr(trial_id, EXCLUDED, reason)
+    if trial.state == TrialState.RUNNING:
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    study.enqueue_trial(params, user_attrs={"retry_of": number})
+
+
+def recover_stale(study: optuna.Study, grace_seconds: float) -> list[int]:
+    """Re-queue RUNNING trials whose worker is gone: a dead process on this host, or no heartbeat for a while."""
+    now = time.time()
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if EXCLUDED in t.user_attrs:
+            continue
+        beat = t.user_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
+        if _worker_gone(t):
+            reason = f"stale: its worker ({t.user_attrs[WORKER]}) is gone"
+        elif now - beat > grace_seconds:
+            reason = "stale: its worker stopped sending heartbeats"
+        else:
+            continue
+        requeue(study, t._trial_id, t.number, t.params, reason)
+        recovered.append(t.number)
+    return recovered
+
+
+def requeue_worker(study: optuna.Study, pid: int, reason: str) -> list[int]:
+    """Re-queue the RUNNING trials of one local worker process (the parent saw it exit)."""
+    me = worker_id(pid)
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(WORKER) == me and EXCLUDED not in t.user_attrs:
+            requeue(study, t._trial_id, t.number, t.params, reason)
+            out.append(t.number)
+    return out
+
+
+def set_attrs(study: optuna.Study, trial_id: int, attrs: dict[str, Any]) -> None:
+    """Write several user attributes of a trial."""
+    for key, value in attrs.items():
+        study._storage.set_trial_user_attr(trial_id, key, value)

@@ -1,0 +1,194 @@
+"""The trial objective: one Optuna trial to costs, a feasibility verdict and, if feasible, a trained result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import replace
+from typing import Any
+
+import optuna
+
+from mbv2_search import __version__, ledger, space
+from mbv2_search.arch import ArchSpec, build_spec
+from mbv2_search.config import DATASET_CLASSES
+from mbv2_search.cost import costs
+from mbv2_search.search import Context
+
+
+class DuplicateCandidate(Exception):
+    """An earlier trial evaluated (or is evaluating) the same knobs and seed."""
+
+    def __init__(self, original: int) -> None:
+        self.original = original
+        super().__init__(f"duplicate of trial {original}")
+
+
+def values(objectives: list[str], val_acc: float, measured: dict[str, float]) -> list[float]:
+    """The objective values Optuna is told, in the study's order."""
+    return [val_acc if name == "val_acc" else measured[name] for name in objectives]
+
+
+class Evaluator:
+    """Turns one Optuna trial into costs, a feasibility verdict and, if feasible, a trained result."""
+
+    def __init__(self, ctx: Context, device: str) -> None:
+        from mbv2_search.train import resolve_device
+
+        self.ctx = ctx
+        # resolved once, before any trial: a missing GPU is the environment's fault, not a candidate's
+        self.device = resolve_device(device if device != "auto" else ctx.study.training.device)
+        self._data: dict[int, Any] = {}
+
+    def _latency_table(self) -> Any:
+        """The study's latency table (a path relative to the study file), loaded once."""
+        from mbv2_search.latency import LatencyTable
+
+        path = self.ctx.study.latency.table
+        if path is None:
+            return None
+        if not hasattr(self, "_table"):
+            self._table = LatencyTable.load(self.ctx.path.parent / path)
+        return self._table
+
+    def _dataset(self, resolution: int) -> Any:
+        from mbv2_search.data import load_dataset
+
+        if resolution not in self._data:
+            config = self.ctx.study.data
+            self._data = {resolution: load_dataset(config.dataset, resolution, self.device, config.dir, config.workers)}
+        return self._data[resolution]
+
+    def candidate(self, trial: optuna.Trial) -> tuple[ArchSpec, int]:
+        """The trial's architecture and training seed; raises DuplicateCandidate for a repeated one."""
+        study = self.ctx.study
+        knobs = space.suggest_knobs(trial, self.ctx.arch_file)
+        seed = space.suggest_seed(trial, self.ctx.arch_file, study.training.seed)
+        trial.set_user_attr(ledger.CANDIDATE, ledger.candidate_key(trial.params))
+        twin = ledger.earlier_twin(trial.study, trial.number, trial.params, 3 * study.heartbeat_seconds)
+        if twin is not None:  # samplers re-propose points; parallel workers propose the same ones
+            raise DuplicateCandidate(twin.number)
+        # the class count without loading data where it is known: infeasible candidates load nothing
+        classes = DATASET_CLASSES.get(study.data.dataset) or self._dataset(knobs.resolution).num_classes
+        return build_spec(replace(knobs, num_classes=classes), self.ctx.arch_file.to_table()), seed
+
+    def measure(self, spec: ArchSpec, cost: Any) -> tuple[dict[str, float], str | None]:
+        """The analytic costs, and latency (predicted from the study's table or measured) where asked for."""
+        from mbv2_search.cost import measure_latency_ms
+
+        study = self.ctx.study
+        measured: dict[str, float] = {
+            "madds": cost.madds,
+            "params": cost.params,
+            "peak_activation_bytes": cost.peak_activation_bytes,
+        }
+        if "latency_ms" not in study.objectives and "latency_ms" not in study.constraints:
+            return measured, None
+        lookup = self._latency_table()
+        if lookup is not None and not lookup.missing(spec):
+            measured["latency_ms"] = lookup.predict(spec)
+            return measured, "predicted"
+        # no table, or it lacks a unit of this candidate: measure the whole network
+        measured["latency_ms"] = measure_latency_ms(spec, str(self.device), study.latency.repeats, study.latency.warmup)
+        return measured, "measured"
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        study = self.ctx.study
+        spec, seed = self.candidate(trial)
+        cost = costs(spec)
+        measured, latency_source = self.measure(spec, cost)
+        attrs = {
+            "knobs": spec.knobs.as_dict(),
+            "blocks": [
+                [b.row, b.t, b.in_channels, b.hidden_channels, b.out_channels, b.stride, b.kernel, b.in_size]
+                for b in spec.blocks
+            ],
+            "bn_params": cost.bn_params,
+            "version": __version__,
+            "seed": seed,
+            "latency_source": latency_source,
+            **measured,
+        }
+        feasible = True
+        for name, bound in study.constraints.items():
+            trial.set_constraint(name, measured[name] - bound)  # <= 0 is feasible (Optuna 5)
+            feasible &= measured[name] <= bound
+        attrs["feasible"] = feasible
+        if not feasible:  # known before building anything: never trained
+            ledger.set_attrs(trial.study, trial._trial_id, {**attrs, "trained": False})
+            return values(study.objectives, 0.0, measured)
+        return self._train(trial, spec, seed, measured, attrs)
+
+    def _train(self, trial: optuna.Trial, spec: ArchSpec, seed: int, measured: dict, attrs: dict) -> list[float]:
+        from mbv2_search.cost import fvcore_count
+        from mbv2_search.train import hardware_name, train
+
+        study = self.ctx.study
+        data = self._dataset(spec.resolution)
+        pruner = None
+        cost_objectives = {name: measured[name] for name in study.objectives if name != "val_acc"}
+        if study.pruning.enabled and cost_objectives:
+            from mbv2_search.pruning import RungPruner
+
+            pruner = RungPruner(trial.study, trial, cost_objectives, study.pruning, study.training.epochs)
+        result = train(
+            spec,
+            data,
+            epochs=study.training.epochs,
+            batch_size=study.training.batch_size,
+            recipe=study.training.recipe_model(),
+            seed=seed,
+            run_dir=self.ctx.report_dir / "trials" / f"{trial.number:05d}",
+            device=str(self.device),
+            precision=study.training.precision,
+            memory_format=self.memory_format(trial.study, spec),
+            max_minutes=study.training.max_minutes,
+            callbacks=[pruner] if pruner else (),
+        )
+        counted = fvcore_count(spec)  # the independent count, stored beside the analytic one
+        attrs.update(
+            trained=True,
+            val_acc=result.val_acc,
+            test_acc=result.test_acc,
+            epochs=result.epochs,
+            train_seconds=result.train_seconds,
+            train_images_per_second=result.train_images_per_second,
+            train_step_seconds=result.train_step_seconds,
+            eval_seconds=result.eval_seconds,
+            device=result.device,
+            hardware=hardware_name(self.device),
+            memory_format=result.memory_format,
+            # relative to the report folder, so a moved or copied study still finds its weights
+            run_dir=os.path.relpath(result.run_dir, self.ctx.report_dir),
+            checkpoint=os.path.relpath(result.checkpoint, self.ctx.report_dir) if result.checkpoint else "",
+            val_acc_history=[h.get("val_acc") for h in result.history],
+            fvcore_madds=counted.madds,
+            fvcore_by_operator=counted.by_operator,
+        )
+        ledger.set_attrs(trial.study, trial._trial_id, attrs)
+        if pruner is not None and pruner.stopped_at is not None:
+            trial.set_user_attr("prune_reason", pruner.reason)
+            raise optuna.TrialPruned(pruner.reason)
+        return values(study.objectives, result.val_acc, measured)
+
+    def memory_format(self, study: optuna.Study, spec: ArchSpec) -> str:
+        """The memory format for this hardware and architecture shape: measured once, stored with the study.
+
+        Formats differ in floating-point order, so a choice made by timing in each process would give
+        the same knobs and seed different results under load; the first measurement is kept for all.
+        """
+        from mbv2_search.train import hardware_name, prefers_channels_last
+
+        batch_size = self.ctx.study.training.batch_size
+        if self.device.type == "cuda":
+            return "channels_last"
+        shape = [hardware_name(self.device), batch_size, spec.resolution, spec.stem_channels, spec.head_channels]
+        shape.append([[b.t, b.in_channels, b.hidden_channels, b.out_channels, b.stride, b.kernel] for b in spec.blocks])
+        key = "memory_format:" + hashlib.sha1(json.dumps(shape).encode()).hexdigest()[:16]
+        stored = study.user_attrs.get(key)
+        if stored is None:
+            stored = "channels_last" if prefers_channels_last(spec, self.device, batch_size) else "contiguous"
+            study.set_user_attr(key, stored)
+            stored = study.user_attrs[key]  # a worker that probed at the same moment may have written last
+        return stored

@@ -1,0 +1,301 @@
+"""Workers: the trial loop, heartbeats, and local worker processes watched by their parent."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from mbv2_search import ledger, space
+from mbv2_search.arch import ArchError
+from mbv2_search.interrupts import Interrupted, SignalGuard
+from mbv2_search.search import Context, load_context, open_study, space_size
+
+
+class Heartbeat:
+    """Writes a timestamp to the running trial every few seconds, so other workers can tell it is alive."""
+
+    def __init__(self, trial: optuna.Trial, seconds: float) -> None:
+        self.trial, self.seconds = trial, seconds
+        self.stop_event = threading.Event()
+        trial.set_user_attr(ledger.WORKER, ledger.worker_id())
+        trial.set_user_attr("heartbeat", time.time())
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        while not self.stop_event.wait(self.seconds):
+            with contextlib.suppress(Exception):  # a storage hiccup must not kill training; the next beat retries
+                self.trial.set_user_attr("heartbeat", time.time())
+
+    def stop(self) -> None:
+        """Stop beating."""
+        self.stop_event.set()
+        self.thread.join()
+
+
+@dataclass
+class WorkerReport:
+    """What one worker did, and why it stopped."""
+
+    ran: int = 0
+    failed: int = 0
+    pruned: int = 0
+    duplicates: int = 0
+    recovered: int = 0
+    stopped: str = ""  # '' (the study reached n_trials), 'exhausted', 'timeout' or 'stop'
+    streak: int = field(default=0, repr=False)  # duplicates proposed in a row
+
+
+def _candidate_failures() -> tuple[type[BaseException], ...]:
+    """Failures that are the candidate's own (counted): divergence, out of memory, an impossible architecture."""
+    from mbv2_search.train import TrainingDiverged, TrainingOutOfMemory
+
+    return (TrainingDiverged, TrainingOutOfMemory, ArchError)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, **outcome: Any) -> None:
+    """Finish the trial, unless another worker took it over meanwhile (its heartbeat looked stale)."""
+    if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+        study.tell(trial, **outcome)
+
+
+def run_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    evaluate: Callable,
+    guard: SignalGuard,
+    report: WorkerReport,
+    heartbeat_seconds: float,
+) -> None:
+    """Evaluate one trial and record its outcome; interruptions and environment failures re-queue it."""
+    from mbv2_search.objective import DuplicateCandidate
+
+    heartbeat = Heartbeat(trial, heartbeat_seconds)
+    try:
+        with guard.interruptible():
+            values = evaluate(trial)
+    except DuplicateCandidate as duplicate:
+        trial.set_user_attr(ledger.DUPLICATE, duplicate.original)
+        _tell(study, trial, state=TrialState.FAIL)
+        report.duplicates, report.streak = report.duplicates + 1, report.streak + 1
+        return
+    except optuna.TrialPruned:
+        _tell(study, trial, state=TrialState.PRUNED)
+        report.pruned += 1
+    except _candidate_failures() as err:
+        trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+        _tell(study, trial, state=TrialState.FAIL)
+        report.failed += 1
+    except BaseException as err:  # a signal, the data, the disk, the storage, a bug: never counted, run again
+        why = f"interrupted by {err}" if isinstance(err, Interrupted) else f"{type(err).__name__}: {err}"
+        with contextlib.suppress(Exception):  # the storage may be what failed; then the trial goes stale
+            ledger.requeue(study, trial._trial_id, trial.number, trial.params, f"{why}; it runs again on resume")
+        raise
+    else:
+        _tell(study, trial, values=values)
+        report.ran += 1
+    finally:
+        heartbeat.stop()
+    report.streak = 0
+
+
+def _nudge(ctx: Context, study: optuna.Study, number: int) -> None:
+    """After repeated duplicates, queue a candidate nobody has evaluated (finite spaces; seeded by trial number)."""
+    seen = {ledger.candidate_key(t.params) for t in study.get_trials(deepcopy=False) if ledger.counted(t)}
+    point = space.unseen_point(ctx.arch_file, seen, random.Random(f"{ctx.study.sampler.seed}-{number}"))
+    if point is not None:
+        study.enqueue_trial(point, user_attrs={"queued_after_duplicates": True})
+
+
+def work(
+    ctx: Context,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    on_event: Callable[[str, Any], None] | None = None,
+    stop: threading.Event | None = None,
+    guard: SignalGuard | None = None,
+) -> WorkerReport:
+    """Run trials until the study has n_trials counted ones finished, the space is exhausted, or it is stopped.
+
+    Args:
+        ctx: the loaded study.
+        device: training device for this worker ('auto', 'cpu', 'cuda:N').
+        threads: CPU threads for this worker (workers split the cores).
+        on_event: called with ('start', trial) and ('end', frozen trial) for progress displays.
+        stop: set to stop after the running trial.
+        guard: the signal handling (default: SIGINT and SIGTERM raise Interrupted after re-queueing).
+    """
+    from mbv2_search.objective import Evaluator
+    from mbv2_search.train import configure_cpu
+
+    configure_cpu(threads)
+    study = open_study(ctx)
+    evaluate = Evaluator(ctx, device)
+    report = WorkerReport()
+    deadline = time.time() + ctx.study.timeout_minutes * 60 if ctx.study.timeout_minutes else None
+    size, n_trials, beat = space_size(ctx), ctx.study.n_trials, ctx.study.heartbeat_seconds
+    with guard or SignalGuard() as guard:
+        while True:
+            guard.check()
+            if stop is not None and stop.is_set():
+                report.stopped = "stop"
+                break
+            if deadline is not None and time.time() >= deadline:
+                report.stopped = "timeout"
+                break
+            report.recovered += len(ledger.recover_stale(study, 3 * beat))
+            spent = ledger.budget(study.get_trials(deepcopy=False))
+            if spent.done >= n_trials:
+                break
+            exhausted = size is not None and spent.candidates >= size
+            if exhausted and not spent.running:
+                report.stopped = "exhausted"
+                break
+            if exhausted or spent.done + spent.running >= n_trials:
+                time.sleep(min(1.0, beat))  # other workers hold the last slots; theirs may come back to us
+                continue
+            if size is not None and report.streak >= 2:
+                _nudge(ctx, study, len(study.get_trials(deepcopy=False)))
+            trial = study.ask()
+            if ledger.budget(study.get_trials(deepcopy=False), below=trial.number).done >= n_trials:
+                # other workers filled the study between our count and our ask: give this one back
+                trial.set_user_attr(ledger.EXCLUDED, "surplus: the study had reached n_trials")
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            if on_event:
+                on_event("start", trial)
+            run_trial(study, trial, evaluate, guard, report, beat)
+            if on_event:
+                on_event("end", study._storage.get_trial(trial._trial_id))
+    return report
+
+
+def _worker_process(path: str, storage_url: str, reports_root: str, device: str, threads: int) -> None:
+    """Entry point of a spawned worker: its parent turns Ctrl-C into SIGTERM for it; exit codes tell the parent why."""
+    from mbv2_search.errors import environment_message
+
+    ctx = load_context(path, storage_url, reports_root)
+    try:
+        work(ctx, device=device, threads=threads, guard=SignalGuard(ignore_sigint=True))
+    except Interrupted as err:
+        sys.exit(err.exit_code)
+    except Exception as err:
+        message = environment_message(err)
+        if message is None:
+            raise
+        print(f"mbv2-search: worker {os.getpid()}: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def worker_devices(device: str, workers: int) -> list[str]:
+    """One GPU per worker where there are GPUs (round robin), else the CPU for all."""
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(workers)]
+    return [device if device != "auto" else "cpu"] * workers
+
+
+def start_worker(ctx: Context, device: str, threads: int, reports_root: str | Path) -> multiprocessing.Process:
+    """Spawn one worker process; it starts with SIGINT ignored (inherited), so only its parent decides."""
+    process = multiprocessing.get_context("spawn").Process(
+        target=_worker_process, args=(str(ctx.path), ctx.storage_url, str(reports_root), device, threads)
+    )
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return process
+
+
+def start_workers(ctx: Context, workers: int, reports_root: str | Path = "reports") -> list[multiprocessing.Process]:
+    """Spawn local worker processes that split the CPU cores (or take one GPU each)."""
+    from mbv2_search.train import available_cores
+
+    open_study(ctx)  # create it once, before workers race to
+    threads = max(1, available_cores() // workers)
+    return [
+        start_worker(ctx, device, threads, reports_root)
+        for device in worker_devices(ctx.study.training.device, workers)
+    ]
+
+
+def _exit_reason(code: int) -> str:
+    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+
+
+def supervise(
+    ctx: Context,
+    workers: int,
+    reports_root: str | Path = "reports",
+    *,
+    on_tick: Callable[[], None] | None = None,
+    on_note: Callable[[str], None] = print,
+) -> list[str]:
+    """Run local workers to the end; returns the failures that stopped workers for good ([] when none).
+
+    A worker that dies is noticed at once: its trial is re-queued for the others, and a worker killed
+    by a signal (kill -9, the OOM killer) is replaced, up to `workers` times in one run. On SIGINT or
+    SIGTERM every worker gets SIGTERM, re-queues its trial and exits; then Interrupted is raised here.
+    """
+    from mbv2_search.train import available_cores
+
+    study = open_study(ctx)
+    threads = max(1, available_cores() // workers)
+    alive = {start_worker(ctx, d, threads, reports_root): d for d in worker_devices(ctx.study.training.device, workers)}
+    failures: list[str] = []
+    replaced = 0
+    with SignalGuard() as guard:
+        try:
+            while alive:
+                guard.check()
+                for process in [p for p in alive if not p.is_alive()]:
+                    device = alive.pop(process)
+                    if process.exitcode == 0:
+                        continue
+                    lost = ledger.requeue_worker(
+                        study, process.pid, f"worker {process.pid} {_exit_reason(process.exitcode)}"
+                    )
+                    again = f"; trial {', '.join(map(str, lost))} will run again" if lost else ""
+                    on_note(f"worker {process.pid} {_exit_reason(process.exitcode)}{again}")
+                    if process.exitcode < 0 and replaced < workers:
+                        replaced += 1
+                        alive[start_worker(ctx, device, threads, reports_root)] = device
+                    else:
+                        failures.append(f"worker {process.pid} {_exit_reason(process.exitcode)}")
+                if on_tick:
+                    on_tick()
+                time.sleep(0.25)
+        except Interrupted:
+            _stop_all(study, list(alive))
+            raise
+    return failures
+
+
+def _stop_all(study: optuna.Study, processes: list[multiprocessing.Process]) -> None:
+    """SIGTERM every worker, wait for each to re-queue its trial, and re-queue what is left RUNNING."""
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
+    for process in processes:
+        process.join(timeout=60)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        with contextlib.suppress(Exception):
+            ledger.requeue_worker(study, process.pid, "interrupted: its worker was stopped")
