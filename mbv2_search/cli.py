@@ -595,7 +595,7 @@ class _SearchProgress:
         knobs = "; ".join(_short(p) for p in shown[:2])
         counts = [f"front {snap['front']}", f"infeasible {snap['infeasible']}", f"failed {snap['failed']}"]
         counts += [
-            f"{label} {snap[key]}" for key, label in (("pruned", "stopped"), ("duplicate", "reused")) if snap[key]
+            f"{label} {snap[key]}" for key, label in (("pruned", "stopped"), ("duplicate", "duplicates")) if snap[key]
         ]
         self.progress.update(self.task, completed=snap["done"], info="  ".join([*counts, eta, knobs]))
 
@@ -680,7 +680,7 @@ def _print_status(ctx: Any, study: Any) -> None:
     console.print(
         f"study [bold]{ctx.study.name}[/bold]: {counted} of {ctx.study.n_trials} trials counted: {state['complete']} complete "
         f"({state['infeasible']} infeasible, not trained: {share:.0%}), {state['pruned']} stopped early, "
-        f"{state['failed']} failed; {state['running']} running, {state['waiting']} waiting; not counted: "
+        f"{state['failed']} failed; {state['running']} running, {state['waiting']} waiting\nnot counted: "
         f"{state['duplicate']} duplicates (not trained), {state['excluded']} excluded (interrupted, stale, environment, surplus)"
     )
     frame = trials_frame(trials)

@@ -270,10 +270,11 @@ def check_imagefolder(root: Path) -> int:
     from PIL import Image, UnidentifiedImageError
 
     expected = "train/ and val/, each with one sub-folder of images per class"
-    splits = {}
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DataError(f"{root / split}: missing; expected {expected}")
+    splits = {}
+    for split in ("train", "val"):
         splits[split] = _class_images(root / split)
         if not splits[split]:
             raise DataError(f"{root / split}: no class sub-folders; expected {expected}")
