@@ -1,10 +1,13 @@
-"""The search's own overhead per trial on the quickstart study, and trials/hour with 1 vs 2 workers.
+"""Distinct candidates evaluated per hour on the quickstart study, 1 worker vs 2, side by side in one run.
 
-Overhead is everything but training and evaluation steps: wall time of the whole run minus the time
-inside training steps (data preparation included) and validation/test loops, as a share of wall
-time. Both runs use the quickstart study (digits, CPU) with the same sampler seed and n_trials.
+Each arm is a copy of studies/quickstart.yaml (digits, CPU, TPE seed 0) under its own name, run to
+the same n_trials the way `mbv2-search run` runs it (one worker in-process; K workers as processes
+watched by their parent). A candidate is counted once however often the sampler proposes it:
+duplicates are never trained nor counted, so candidates/hour is n_trials over wall time, and the
+duplicates skipped are shown apart. Also: the search's own overhead per trained trial (wall time
+of the trial minus its training steps and evaluation loops), median.
 
-Usage: python benchmarks/bench_search.py [--trials 12]
+Usage: python benchmarks/bench_search.py [--trials 16] [--workers 2]
 """
 
 from __future__ import annotations
@@ -22,65 +25,72 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mbv2_search import ledger  # noqa: E402
 from mbv2_search.search import load_context, open_study  # noqa: E402
-from mbv2_search.workers import start_workers, work  # noqa: E402
+from mbv2_search.train import hardware_name  # noqa: E402
+from mbv2_search.workers import supervise, work  # noqa: E402
 
 
-def study_copy(folder: Path, name: str, trials: int, workers: int) -> Path:
+def study_copy(folder: Path, name: str, trials: int) -> Path:
     """The quickstart study under another name and trial count, its space path made absolute."""
     study = yaml.safe_load((ROOT / "studies" / "quickstart.yaml").read_text())
-    study.update(name=name, n_trials=trials, workers=workers, space=str(ROOT / "search_spaces" / "quickstart.yaml"))
+    study.update(name=name, n_trials=trials, space=str(ROOT / "search_spaces" / "quickstart.yaml"))
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
 
 
-def run(folder: Path, name: str, trials: int, workers: int) -> dict[str, float]:
-    """Run a copy of the quickstart study; return wall time and its trials' step times."""
-    ctx = load_context(study_copy(folder, name, trials, workers), reports_root=folder / "reports")
+def run(folder: Path, trials: int, workers: int) -> dict[str, float]:
+    """Run one arm; wall time, distinct candidates, duplicates skipped, per-trial overhead."""
+    ctx = load_context(study_copy(folder, f"bench-{workers}w", trials), reports_root=folder / "reports")
     start = time.perf_counter()
     if workers == 1:
         work(ctx)
     else:
-        for process in start_workers(ctx, workers, folder / "reports"):
-            process.join()
+        failures = supervise(ctx, workers, folder / "reports", on_note=lambda line: None)
+        assert not failures, failures
     wall = time.perf_counter() - start
-    done = [t for t in open_study(ctx).get_trials() if t.state.name == "COMPLETE" and t.user_attrs.get("trained")]
-    steps = sum(t.user_attrs["train_step_seconds"] + t.user_attrs["eval_seconds"] for t in done)
-    per_trial = [
+    stored = open_study(ctx).get_trials()
+    counted = [t for t in stored if ledger.counted(t)]
+    trained = [t for t in counted if t.user_attrs.get("trained")]
+    overhead = [
         (t.datetime_complete - t.datetime_start).total_seconds()
         - t.user_attrs["train_step_seconds"]
         - t.user_attrs["eval_seconds"]
-        for t in done
+        for t in trained
     ]
     return {
         "wall": wall,
-        "trials": len(done),
-        "steps": steps,
-        "per_trial_overhead": statistics.median(per_trial),
-        "mean_trial": statistics.mean((t.datetime_complete - t.datetime_start).total_seconds() for t in done),
+        "distinct": len({ledger.candidate_key(t.params) for t in counted}),
+        "trained": len(trained),
+        "duplicates": ledger.counts(stored)["duplicate"],
+        "overhead": statistics.median(overhead),
+        "best": max(t.user_attrs["val_acc"] for t in trained),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        one = run(folder, "bench-1w", args.trials, 1)
-        two = run(folder, "bench-2w", args.trials, 2)
-    print(f"machine: {platform.machine()}, 2 cores; quickstart study (digits, CPU), {args.trials} trials per run")
+        arms = {k: run(Path(tmp), args.trials, k) for k in (1, args.workers)}
+    from mbv2_search.train import resolve_device
+
     print(
-        "| workers | trials | wall s | mean trial s | median overhead per trial s | overhead share of wall | trials/hour | vs 1 worker |"
+        f"machine: {hardware_name(resolve_device('cpu'))}, {platform.machine()}; quickstart study, n_trials {args.trials}"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for workers, result in ((1, one), (2, two)):
-        share = (result["wall"] * workers - result["steps"]) / (result["wall"] * workers)  # worker-seconds not in steps
-        rate = result["trials"] / result["wall"] * 3600
-        base = one["trials"] / one["wall"] * 3600
+    print(
+        "| workers | distinct candidates | trained | duplicates skipped | wall s | candidates/hour | vs 1 worker | median overhead per trial s | best val_acc |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = arms[1]["distinct"] / arms[1]["wall"]
+    for workers, arm in arms.items():
+        rate = arm["distinct"] / arm["wall"]
         print(
-            f"| {workers} | {result['trials']} | {result['wall']:.1f} | {result['mean_trial']:.2f} | {result['per_trial_overhead']:.2f} | {share:.1%} | {rate:.0f} | {rate / base:.2f}x |"
+            f"| {workers} | {arm['distinct']} | {arm['trained']} | {arm['duplicates']} | {arm['wall']:.1f} | "
+            f"{rate * 3600:.0f} | {rate / base:.2f}x | {arm['overhead']:.2f} | {arm['best']:.4f} |"
         )
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -629,7 +630,7 @@ def run(study_file: Path, storage: str | None, reports: Path, workers: int | Non
     workers = workers or ctx.study.workers
     view = _SearchProgress(ctx, study)
     stopped, failures = "", []
-    with view.progress:
+    with view.progress, resumable():
         view.refresh()
         if workers == 1:
             stopped = work(ctx, on_event=view.on_event).stopped
@@ -638,6 +639,18 @@ def run(study_file: Path, storage: str | None, reports: Path, workers: int | Non
         view.refresh([])
     _print_status(ctx, study)
     _finish(*finish_line(ctx, study, stopped, failures))
+
+
+@contextlib.contextmanager
+def resumable() -> Iterator[None]:
+    """An interruption of a search says that its running trials will run again."""
+    from mbv2_search.interrupts import Interrupted
+
+    try:
+        yield
+    except Interrupted as err:
+        err.note = ": running trials will run again when you resume"
+        raise
 
 
 def _finish(code: int, line: str) -> None:
@@ -659,7 +672,8 @@ def worker(study_file: Path, storage: str | None, reports: Path, device: str | N
     ctx = _context(study_file, storage, reports)
     check_data(ctx)
     try:
-        report = work(ctx, device=device or ctx.study.training.device)
+        with resumable():
+            report = work(ctx, device=device or ctx.study.training.device)
     except StudyMismatch as err:
         raise UserError(str(err)) from None
     console.print(
@@ -865,7 +879,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"mbv2-search: error: {err}", err=True)
         sys.exit(2)
     except Interrupted as err:
-        click.echo(f"interrupted by {err}: running trials will run again when you resume", err=True)
+        click.echo(f"interrupted by {err}{err.note}", err=True)
         sys.exit(err.exit_code)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)

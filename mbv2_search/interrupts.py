@@ -24,6 +24,7 @@ class Interrupted(BaseException):
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
+        self.note = ""  # what the interruption leaves behind, for the user (set by the command)
         super().__init__(signal.Signals(signum).name)
 
     @property
@@ -36,21 +37,21 @@ class SignalGuard:
     """Turns SIGINT and SIGTERM into Interrupted: at once inside `interruptible()`, else at `check()`.
 
     A second signal while the first is being handled exits at once without clean-up (the trial is
-    then recovered as stale: its worker is gone). `ignore_sigint` is for worker processes whose parent
-    forwards a terminal's Ctrl-C as SIGTERM.
+    then recovered as stale: its worker is gone). A signal ignored when the guard starts stays
+    ignored, as Python itself does for SIGINT: background jobs of scripts, and worker processes whose
+    parent turns a terminal's Ctrl-C into SIGTERM for them.
     """
 
-    def __init__(self, *, ignore_sigint: bool = False) -> None:
+    def __init__(self) -> None:
         self.signum: int | None = None
         self.armed = False
-        self.ignore_sigint = ignore_sigint
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> SignalGuard:
         if threading.current_thread() is threading.main_thread():  # handlers can only live there
             for signum in SIGNALS:
-                ignored = signum == signal.SIGINT and self.ignore_sigint
-                self._previous[signum] = signal.signal(signum, signal.SIG_IGN if ignored else self._handle)
+                if signal.getsignal(signum) != signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:

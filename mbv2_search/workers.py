@@ -25,7 +25,9 @@ from mbv2_search.search import Context, load_context, open_study, space_size
 
 
 class Heartbeat:
-    """Writes a timestamp to the running trial every few seconds, so other workers can tell it is alive."""
+    """Writes a timestamp to the running trial every few seconds, so other workers can tell it is alive,
+    and meanwhile re-queues the trials of workers that are gone (so that even during a long training
+    every live worker keeps watch)."""
 
     def __init__(self, trial: optuna.Trial, seconds: float) -> None:
         self.trial, self.seconds = trial, seconds
@@ -39,6 +41,7 @@ class Heartbeat:
         while not self.stop_event.wait(self.seconds):
             with contextlib.suppress(Exception):  # a storage hiccup must not kill training; the next beat retries
                 self.trial.set_user_attr("heartbeat", time.time())
+                ledger.recover_stale(self.trial.study, 3 * self.seconds)
 
     def stop(self) -> None:
         """Stop beating."""
@@ -99,6 +102,8 @@ def run_trial(
         trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
         _tell(study, trial, state=TrialState.FAIL)
         report.failed += 1
+    except optuna.exceptions.UpdateFinishedTrialError:  # another worker re-queued it: our heartbeat looked stale
+        return
     except BaseException as err:  # a signal, the data, the disk, the storage, a bug: never counted, run again
         why = f"interrupted by {err}" if isinstance(err, Interrupted) else f"{type(err).__name__}: {err}"
         with contextlib.suppress(Exception):  # the storage may be what failed; then the trial goes stale
@@ -190,7 +195,7 @@ def _worker_process(path: str, storage_url: str, reports_root: str, device: str,
 
     ctx = load_context(path, storage_url, reports_root)
     try:
-        work(ctx, device=device, threads=threads, guard=SignalGuard(ignore_sigint=True))
+        work(ctx, device=device, threads=threads)  # SIGINT stays ignored, inherited from start_worker
     except Interrupted as err:
         sys.exit(err.exit_code)
     except Exception as err:
@@ -247,44 +252,44 @@ def supervise(
     on_tick: Callable[[], None] | None = None,
     on_note: Callable[[str], None] = print,
 ) -> list[str]:
-    """Run local workers to the end; returns the failures that stopped workers for good ([] when none).
+    """Run local workers to the end; returns the failure that stopped the run ([] when none).
 
-    A worker that dies is noticed at once: its trial is re-queued for the others, and a worker killed
-    by a signal (kill -9, the OOM killer) is replaced, up to `workers` times in one run. On SIGINT or
-    SIGTERM every worker gets SIGTERM, re-queues its trial and exits; then Interrupted is raised here.
+    A worker that dies is noticed at once and its trial re-queued. A worker stopped by a signal of its
+    own (kill -9, the OOM killer, a SIGTERM) is replaced, up to `workers` times in one run; one that
+    failed (the data, the disk, the storage: exit 1) stops the run, as it would with one worker. On
+    SIGINT or SIGTERM every worker gets SIGTERM, re-queues its trial and exits; then Interrupted is
+    raised here.
     """
     from mbv2_search.train import available_cores
 
     study = open_study(ctx)
     threads = max(1, available_cores() // workers)
     alive = {start_worker(ctx, d, threads, reports_root): d for d in worker_devices(ctx.study.training.device, workers)}
-    failures: list[str] = []
     replaced = 0
     with SignalGuard() as guard:
         try:
             while alive:
                 guard.check()
                 for process in [p for p in alive if not p.is_alive()]:
-                    device = alive.pop(process)
-                    if process.exitcode == 0:
+                    device, code = alive.pop(process), process.exitcode
+                    if code == 0:
                         continue
-                    lost = ledger.requeue_worker(
-                        study, process.pid, f"worker {process.pid} {_exit_reason(process.exitcode)}"
-                    )
-                    again = f"; trial {', '.join(map(str, lost))} will run again" if lost else ""
-                    on_note(f"worker {process.pid} {_exit_reason(process.exitcode)}{again}")
-                    if process.exitcode < 0 and replaced < workers:
+                    what = f"worker {process.pid} {_exit_reason(code)}"
+                    lost = ledger.requeue_worker(study, process.pid, what)
+                    on_note(what + (f"; trial {', '.join(map(str, lost))} will run again" if lost else ""))
+                    if (code < 0 or code in (130, 143)) and replaced < workers:
                         replaced += 1
                         alive[start_worker(ctx, device, threads, reports_root)] = device
                     else:
-                        failures.append(f"worker {process.pid} {_exit_reason(process.exitcode)}")
+                        _stop_all(study, list(alive))
+                        return [what]
                 if on_tick:
                     on_tick()
-                time.sleep(0.25)
+                time.sleep(0.5)
         except Interrupted:
             _stop_all(study, list(alive))
             raise
-    return failures
+    return []
 
 
 def _stop_all(study: optuna.Study, processes: list[multiprocessing.Process]) -> None:

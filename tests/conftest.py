@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 
 import pytest
 
@@ -36,3 +37,12 @@ def random_knobs(rng: random.Random, **fixed: object) -> Knobs:
 @pytest.fixture
 def rng() -> random.Random:
     return random.Random(1801_04381)
+
+
+@pytest.fixture
+def terminal_sigint():
+    """SIGINT as an interactive terminal leaves it: a test runner started in the background inherits it
+    ignored, and an ignored SIGINT stays ignored (in our processes as in Python's own)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -72,6 +75,17 @@ def test_optuna_sees_the_front_that_status_prints(tmp_path, capsys):
     )
     assert {t.number for t in theirs.best_trials} == ours and ours
     assert theirs.metric_names == ["val_acc", "madds"]
+    journal = str(ctx.report_dir / "study.journal")
+    cli = [
+        str(Path(sys.executable).parent / "optuna"),
+        "best-trials",
+        "--storage",
+        journal,
+        "--storage-class",
+        "JournalFileBackend",
+    ]
+    listed = subprocess.run([*cli, "--study-name", "tiny", "-f", "json"], capture_output=True, text=True, check=True)
+    assert {t["number"] for t in json.loads(listed.stdout)} == ours
 
 
 def test_per_trial_sampler_seeds_differ_and_a_study_replays_from_its_seed(tmp_path):
@@ -232,3 +246,47 @@ def test_timeout_stops_with_trials_left_and_exit_3(tmp_path, capsys):
     path = write_study(tmp_path, n_trials=3, timeout_minutes=0.0001)
     code, _, err = run_cli(capsys, "run", path, "--reports", str(tmp_path / "reports"))
     assert code == 3 and "of 3 trials left (timeout_minutes reached); run the same command to resume" in err
+
+
+def test_a_busy_worker_recovers_a_dead_workers_trial_while_it_trains(tmp_path, monkeypatch):
+    ctx = context(tmp_path, n_trials=1, heartbeat_seconds=0.2)
+    study = open_study(ctx)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    seen = {}
+
+    def training_while_a_worker_dies(*args, **kwargs):
+        ghost = study.ask({"width": optuna.distributions.CategoricalDistribution([0.5, 1.0])})
+        ghost.set_user_attr(ledger.CANDIDATE, "chosen")
+        ghost.set_user_attr(ledger.WORKER, ledger.worker_id(dead.pid))
+        time.sleep(1.0)  # a few heartbeats of ours
+        seen["ghost"] = study._storage.get_trial(ghost._trial_id).user_attrs.get(ledger.EXCLUDED, "")
+        raise RuntimeError("stop here")  # not a candidate's failure: re-queued, and work() stops
+
+    monkeypatch.setattr("mbv2_search.train.train", training_while_a_worker_dies)
+    with pytest.raises(RuntimeError):
+        work(ctx)
+    assert "is gone" in seen["ghost"]
+
+
+def test_a_trial_taken_over_as_stale_is_left_to_its_retry(tmp_path, monkeypatch):
+    import mbv2_search.train as train_module
+
+    ctx = context(tmp_path, n_trials=1)
+    real_train, calls = train_module.train, []
+
+    def looked_stale_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # meanwhile another worker decided our heartbeat was stale and re-queued us
+            study = open_study(ctx)
+            mine = study.get_trials()[0]
+            ledger.requeue(
+                study, mine._trial_id, mine.number, mine.params, "stale: its worker stopped sending heartbeats"
+            )
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", looked_stale_once)
+    work(ctx)
+    trials = open_study(ctx).get_trials()
+    assert len(calls) == 2 and ledger.budget(trials).done == 1
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].state == TrialState.COMPLETE

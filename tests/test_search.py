@@ -203,7 +203,7 @@ def test_bad_study_files_exit_2_naming_file_and_key(tmp_path, capsys, changes, n
     assert not (tmp_path / "reports").exists()  # nothing stored
 
 
-def test_ctrl_c_in_training_requeues_the_trial(tmp_path, monkeypatch):
+def test_ctrl_c_in_training_requeues_the_trial(tmp_path, monkeypatch, terminal_sigint):
     ctx = context(tmp_path, n_trials=2)
 
     def interrupted_training(*args, **kwargs):

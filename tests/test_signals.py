@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from mbv2_search import ledger
 from mbv2_search.search import load_context, open_study
 from tests.test_crash import storages, wait_for
 from tests.test_search import SPACE, write_study
+
+pytestmark = pytest.mark.usefixtures("terminal_sigint")  # children inherit a SIGINT that is not ignored
 
 SLOW = {"epochs": 200, "batch_size": 32, "device": "cpu"}  # minutes of training: a signal always lands inside it
 
@@ -122,3 +125,19 @@ def test_a_killed_worker_is_noticed_at_once_and_its_trial_runs_in_the_same_run(t
     assert len(trained) == 5  # nothing trained twice: duplicates stood down before training
     retry = next(t for t in stored if t.user_attrs.get("retry_of") == victim.number)
     assert retry.params == victim.params and retry.state == TrialState.COMPLETE
+
+
+def test_data_vanishing_under_several_workers_stops_the_run_with_nothing_counted(tmp_path):
+    from tests.test_data import write_cifar
+
+    data = write_cifar(tmp_path / "data")
+    process, ctx = start_run(tmp_path, "--workers", "2", data={"dataset": "cifar10", "dir": str(data)})
+    journal = ctx.report_dir / "study.journal"
+    assert wait_for(journal.exists, every=0.01)  # checked and created: the workers are starting
+    shutil.rmtree(data)  # the disk holding the data is unmounted
+    returncode, _, err = finish(process)
+    assert returncode == 1 and "Traceback" not in err
+    assert "error: " in err and "cifar-10-batches-py" in err
+    assert "3 of 3 trials left (worker " in err and "exited with code 1); run the same command to resume" in err
+    stored = trials(ctx)
+    assert ledger.budget(stored).done == 0 and not [t for t in stored if t.state == TrialState.RUNNING]
