@@ -47,7 +47,7 @@ def run(folder: Path, trials: int, workers: int) -> dict[str, float]:
     if workers == 1:
         work(ctx)
     else:
-        failures = supervise(ctx, workers, folder / "reports", on_note=lambda line: None)
+        failures, _ = supervise(ctx, workers, folder / "reports", on_note=lambda line: None)
         assert not failures, failures
     wall = time.perf_counter() - start
     stored = open_study(ctx).get_trials()

@@ -635,7 +635,7 @@ def run(study_file: Path, storage: str | None, reports: Path, workers: int | Non
         if workers == 1:
             stopped = work(ctx, on_event=view.on_event).stopped
         else:
-            failures = supervise(ctx, workers, reports, on_tick=view.refresh, on_note=console.print)
+            failures, stopped = supervise(ctx, workers, reports, on_tick=view.refresh, on_note=console.print)
         view.refresh([])
     _print_status(ctx, study)
     _finish(*finish_line(ctx, study, stopped, failures))
@@ -644,11 +644,12 @@ def run(study_file: Path, storage: str | None, reports: Path, workers: int | Non
 @contextlib.contextmanager
 def resumable() -> Iterator[None]:
     """An interruption of a search says that its running trials will run again."""
-    from mbv2_search.interrupts import Interrupted
+    from mbv2_search.interrupts import Interrupted, ignore_signals
 
     try:
         yield
     except Interrupted as err:
+        ignore_signals()
         err.note = ": running trials will run again when you resume"
         raise
 
@@ -861,7 +862,7 @@ def latency_table(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors and exit 2 for bad input, 1 for the environment, 128 + N for signal N."""
     from mbv2_search.errors import environment_message
-    from mbv2_search.interrupts import Interrupted
+    from mbv2_search.interrupts import Interrupted, ignore_signals
 
     try:
         cli.main(args=argv, prog_name="mbv2-search", standalone_mode=False)
@@ -879,6 +880,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"mbv2-search: error: {err}", err=True)
         sys.exit(2)
     except Interrupted as err:
+        ignore_signals()
         click.echo(f"interrupted by {err}{err.note}", err=True)
         sys.exit(err.exit_code)
     except click.exceptions.Abort:

@@ -237,7 +237,7 @@ class FolderData:
             steps = [transforms.Resize(round(self.resolution / 0.875)), transforms.CenterCrop(self.resolution)]
         folder = "train" if split == "train" else "val"
         dataset = datasets.ImageFolder(
-            str(self.root / folder), transforms.Compose([*steps, transforms.ToTensor(), normalize])
+            str(self.root / folder), transforms.Compose([*steps, transforms.ToTensor(), normalize]), loader=_load_image
         )
         generator = torch.Generator().manual_seed(seed)
         return torch.utils.data.DataLoader(
@@ -264,35 +264,60 @@ def _class_images(folder: Path) -> dict[str, list[Path]]:
     }
 
 
-def check_imagefolder(root: Path) -> int:
-    """Check an image folder's layout, that no class is empty and that each class's first image opens;
-    returns the class count."""
-    from PIL import Image, UnidentifiedImageError
+FULL_CHECK = 5_000  # image folders up to this size have every image opened before a run; larger ones one per class
 
+
+def _unreadable(path: object, err: Exception) -> DataError:
+    return DataError(f"{path}: not a readable image ({type(err).__name__}: {err}); replace or remove it")
+
+
+def _readable(path: Path) -> None:
+    """Open and verify one image; DataError naming it if it is not one."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise _unreadable(path, err) from None
+
+
+def check_imagefolder(root: Path) -> int:
+    """Check an image folder's layout, that no class is empty and that its images open (all of them up to
+    FULL_CHECK images, else the first of each class); returns the class count."""
     expected = "train/ and val/, each with one sub-folder of images per class"
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DataError(f"{root / split}: missing; expected {expected}")
-    splits = {}
-    for split in ("train", "val"):
-        splits[split] = _class_images(root / split)
-        if not splits[split]:
+    splits = {split: _class_images(root / split) for split in ("train", "val")}
+    for split, classes in splits.items():
+        if not classes:
             raise DataError(f"{root / split}: no class sub-folders; expected {expected}")
-        for name, images in splits[split].items():
+        for name, images in classes.items():
             if not images:
                 raise DataError(
                     f"{root / split / name}: no images ({', '.join(IMAGE_EXTENSIONS)}); expected {expected}"
                 )
-            try:
-                with Image.open(images[0]) as image:
-                    image.verify()
-            except (OSError, UnidentifiedImageError, SyntaxError) as err:
-                raise DataError(f"{images[0]}: not a readable image ({type(err).__name__}: {err})") from None
     if sorted(splits["val"]) != sorted(splits["train"]):
         raise DataError(
             f"{root}: train/ has {len(splits['train'])} classes but val/ has {len(splits['val'])}; they must match"
         )
+    every = [images for classes in splits.values() for images in classes.values()]
+    full = sum(map(len, every)) <= FULL_CHECK
+    for images in every:
+        for path in images if full else images[:1]:
+            _readable(path)
     return len(splits["train"])
+
+
+def _load_image(path: str) -> object:
+    """torchvision's loader, with a DataError naming an unreadable file (found mid-run in large folders)."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except OSError as err:
+        raise _unreadable(path, err) from None
 
 
 def load_imagefolder(data_dir: str | Path | None, resolution: int, workers: int) -> FolderData:

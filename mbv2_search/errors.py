@@ -27,7 +27,9 @@ def environment_message(err: BaseException) -> str | None:
     from mbv2_search.journal import JournalCorrupt
 
     if isinstance(err, (DataError, JournalCorrupt)):
-        return str(err)
+        # raised in a DataLoader worker, it comes back with that worker's traceback: keep its last line
+        text = str(err).strip()
+        return text.splitlines()[-1].removeprefix(f"{DataError.__module__}.DataError: ") if "\n" in text else text
     if isinstance(err, OSError):  # disk full, a file where a folder should be, an unreadable image
         return f"cannot write or read {err.filename or 'a file'}: {err.strerror or err}"
     if _storage_error(err):

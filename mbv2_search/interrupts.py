@@ -33,6 +33,13 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+def ignore_signals() -> None:
+    """From here on SIGINT and SIGTERM are ignored: the process is on its way out after an interruption,
+    and a second Ctrl-C must not turn a clean exit into a KeyboardInterrupt traceback."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class SignalGuard:
     """Turns SIGINT and SIGTERM into Interrupted: at once inside `interruptible()`, else at `check()`.
 

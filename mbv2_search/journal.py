@@ -44,8 +44,8 @@ def drop_torn_tail(path: str) -> int:
         return size
 
 
-class JournalCorrupt(ValueError):
-    """A record in the middle of a journal file is not a journal record."""
+class JournalCorrupt(Exception):
+    """A record in the middle of a journal file is not a journal record (the environment's fault: exit 1)."""
 
     def __init__(self, path: str, line: int, why: str) -> None:
         super().__init__(

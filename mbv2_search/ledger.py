@@ -116,15 +116,20 @@ def _worker_gone(trial: FrozenTrial) -> bool:
 
 
 def requeue(study: optuna.Study, trial_id: int, number: int, params: dict[str, Any], reason: str) -> None:
-    """Take a trial out of the budget (FAIL, excluded with the reason) and queue its candidate to run again."""
+    """Take a RUNNING trial out of the budget (excluded with the reason, FAIL) and queue its candidate again.
+
+    Each step can be repeated: a process killed halfway (a second Ctrl-C) leaves a RUNNING trial
+    that recover_stale finishes re-queueing, with one retry per trial.
+    """
     storage = study._storage
     trial = storage.get_trial(trial_id)
-    if EXCLUDED in trial.user_attrs:  # another worker re-queued it already
+    if trial.state != TrialState.RUNNING:  # finished meanwhile, or re-queued by another worker
         return
-    storage.set_trial_user_attr(trial_id, EXCLUDED, reason)
-    if trial.state == TrialState.RUNNING:
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    study.enqueue_trial(params, user_attrs={"retry_of": number})
+    if EXCLUDED not in trial.user_attrs:
+        storage.set_trial_user_attr(trial_id, EXCLUDED, reason)
+    if not any(t.user_attrs.get("retry_of") == number for t in study.get_trials(deepcopy=False)):
+        study.enqueue_trial(params, user_attrs={"retry_of": number})
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
 def recover_stale(study: optuna.Study, grace_seconds: float) -> list[int]:
@@ -132,8 +137,6 @@ def recover_stale(study: optuna.Study, grace_seconds: float) -> list[int]:
     now = time.time()
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if EXCLUDED in t.user_attrs:
-            continue
         beat = t.user_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
         if _worker_gone(t):
             reason = f"stale: its worker ({t.user_attrs[WORKER]}) is gone"
@@ -151,7 +154,7 @@ def requeue_worker(study: optuna.Study, pid: int, reason: str) -> list[int]:
     me = worker_id(pid)
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get(WORKER) == me and EXCLUDED not in t.user_attrs:
+        if t.user_attrs.get(WORKER) == me:
             requeue(study, t._trial_id, t.number, t.params, reason)
             out.append(t.number)
     return out

@@ -194,6 +194,7 @@ def _worker_process(path: str, storage_url: str, reports_root: str, device: str,
     from mbv2_search.errors import environment_message
 
     ctx = load_context(path, storage_url, reports_root)
+    threading.Thread(target=_follow_parent, args=(os.getppid(),), daemon=True).start()
     try:
         work(ctx, device=device, threads=threads)  # SIGINT stays ignored, inherited from start_worker
     except Interrupted as err:
@@ -204,6 +205,13 @@ def _worker_process(path: str, storage_url: str, reports_root: str, device: str,
             raise
         print(f"mbv2-search: worker {os.getpid()}: error: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
+
+
+def _follow_parent(parent: int) -> None:
+    """Stop as on SIGTERM once the parent is gone (kill -9 of `run`): no orphan trains on unwatched."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def worker_devices(device: str, workers: int) -> list[str]:
@@ -251,8 +259,9 @@ def supervise(
     *,
     on_tick: Callable[[], None] | None = None,
     on_note: Callable[[str], None] = print,
-) -> list[str]:
-    """Run local workers to the end; returns the failure that stopped the run ([] when none).
+) -> tuple[list[str], str]:
+    """Run local workers to the end; returns the failure that stopped the run ([] when none) and why
+    the workers stopped short of n_trials without one ('timeout', as WorkerReport.stopped, or '').
 
     A worker that dies is noticed at once and its trial re-queued. A worker stopped by a signal of its
     own (kill -9, the OOM killer, a SIGTERM) is replaced, up to `workers` times in one run; one that
@@ -265,7 +274,7 @@ def supervise(
     study = open_study(ctx)
     threads = max(1, available_cores() // workers)
     alive = {start_worker(ctx, d, threads, reports_root): d for d in worker_devices(ctx.study.training.device, workers)}
-    replaced = 0
+    replaced, started = 0, time.time()
     with SignalGuard() as guard:
         try:
             while alive:
@@ -282,14 +291,15 @@ def supervise(
                         alive[start_worker(ctx, device, threads, reports_root)] = device
                     else:
                         _stop_all(study, list(alive))
-                        return [what]
+                        return [what], ""
                 if on_tick:
                     on_tick()
                 time.sleep(0.5)
         except Interrupted:
             _stop_all(study, list(alive))
             raise
-    return []
+    timeout = ctx.study.timeout_minutes
+    return [], "timeout" if timeout and time.time() - started >= timeout * 60 else ""
 
 
 def _stop_all(study: optuna.Study, processes: list[multiprocessing.Process]) -> None:

@@ -145,6 +145,42 @@ def test_bad_data_fails_before_any_trial_or_storage(tmp_path, capsys, data, make
     assert not (tmp_path / "reports").exists()
 
 
+def test_every_image_of_a_small_folder_is_opened_before_a_run(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (tmp_path / "images" / split / label).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((12, 12, 3), 40 * i, dtype=np.uint8)).save(
+                    tmp_path / "images" / split / label / f"{i}.png"
+                )
+    (tmp_path / "images" / "train" / "b" / "2.png").write_bytes(b"not an image at all")  # not the first of its class
+    path = write_study(tmp_path, data={"dataset": "imagefolder", "dir": "images", "workers": 0})
+    code, _, err = run_cli(capsys, "run", path, "--reports", str(tmp_path / "reports"))
+    assert code == 2 and "images/train/b/2.png: not a readable image" in err and "replace or remove it" in err
+    assert not (tmp_path / "reports").exists()
+
+
+def test_an_interrupted_clean_up_is_finished_by_the_next_worker(tmp_path):
+    ctx = context(tmp_path, n_trials=1)
+    study = open_study(ctx)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    width = {"width": optuna.distributions.CategoricalDistribution([0.5, 1.0])}
+    halfway = [study.ask(width) for _ in range(2)]  # killed by a second Ctrl-C while re-queueing
+    for trial in halfway:
+        trial.set_user_attr(ledger.WORKER, ledger.worker_id(dead.pid))
+        trial.set_user_attr(ledger.EXCLUDED, "interrupted by SIGINT; it runs again on resume")
+    study.enqueue_trial(halfway[1].params, user_attrs={"retry_of": halfway[1].number})  # its retry was queued
+    assert sorted(ledger.recover_stale(study, grace_seconds=3600)) == [0, 1]
+    trials = open_study(ctx).get_trials()
+    assert [t.state for t in trials[:2]] == [TrialState.FAIL, TrialState.FAIL]
+    retries = sorted(t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs)
+    assert retries == [0, 1]  # one retry each, none twice
+
+
 def test_data_dir_is_relative_to_the_study_file(tmp_path, monkeypatch):
     (tmp_path / "studies").mkdir()
     monkeypatch.chdir(tmp_path)  # the user stands elsewhere than the study file
@@ -187,8 +223,9 @@ def test_a_damaged_journal_is_never_written_after(tmp_path, capsys, damage):
     with open(journal, "ab") as f:
         f.write(damage)
     before = journal.read_bytes()
-    for command in ("run", "status"):
-        code, _, err = run_cli(capsys, command, write_study(tmp_path, n_trials=2), "--reports", reports)
+    for command in ("run", "status", "report", "export"):
+        extra = ["--trial", "0"] if command == "export" else []
+        code, _, err = run_cli(capsys, command, write_study(tmp_path, n_trials=2), "--reports", reports, *extra)
         assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
         assert f"{journal}: line {lines + 1} is not a journal record" in err
     assert journal.read_bytes() == before
@@ -242,9 +279,10 @@ def test_a_moved_study_still_exports_its_weights(tmp_path, capsys):
     )
 
 
-def test_timeout_stops_with_trials_left_and_exit_3(tmp_path, capsys):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_timeout_stops_with_trials_left_and_exit_3(tmp_path, capsys, workers):
     path = write_study(tmp_path, n_trials=3, timeout_minutes=0.0001)
-    code, _, err = run_cli(capsys, "run", path, "--reports", str(tmp_path / "reports"))
+    code, _, err = run_cli(capsys, "run", path, "--reports", str(tmp_path / "reports"), "--workers", workers)
     assert code == 3 and "of 3 trials left (timeout_minutes reached); run the same command to resume" in err
 
 

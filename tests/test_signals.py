@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -141,3 +142,28 @@ def test_data_vanishing_under_several_workers_stops_the_run_with_nothing_counted
     assert "3 of 3 trials left (worker " in err and "exited with code 1); run the same command to resume" in err
     stored = trials(ctx)
     assert ledger.budget(stored).done == 0 and not [t for t in stored if t.state == TrialState.RUNNING]
+
+
+def test_a_second_ctrl_c_exits_130_without_a_traceback_and_leaves_a_recoverable_study(tmp_path):
+    process, ctx = start_run(tmp_path, n_trials=2, training=SLOW)
+    assert wait_for(lambda: training(ctx, 1)), process.stderr.read() if process.poll() is not None else "timed out"
+    os.killpg(process.pid, signal.SIGINT)
+    time.sleep(0.01)  # an impatient user: the second lands during the clean-up, or after it
+    os.killpg(process.pid, signal.SIGINT)
+    returncode, _, err = finish(process)
+    assert returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err
+    ledger.recover_stale(open_study(ctx), grace_seconds=3600)  # what the next run does first
+    stored = trials(ctx)
+    assert not [t for t in stored if t.state == TrialState.RUNNING]
+    assert [t.user_attrs.get("retry_of") for t in stored if t.state == TrialState.WAITING] == [0]
+
+
+def test_workers_stop_and_requeue_when_their_parent_is_killed(tmp_path):
+    process, ctx = start_run(tmp_path, "--workers", "2", n_trials=4, training=SLOW)
+    assert wait_for(lambda: training(ctx, 2)), process.stderr.read() if process.poll() is not None else "timed out"
+    os.kill(process.pid, signal.SIGKILL)  # the OOM killer, or kill -9, takes the parent
+    process.wait()
+    no_orphans = lambda: subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True).returncode == 1  # noqa: E731
+    assert wait_for(no_orphans, timeout=30)
+    stored = trials(ctx)
+    assert not [t for t in stored if t.state == TrialState.RUNNING] and ledger.counts(stored)["waiting"] == 2
