@@ -103,7 +103,7 @@ def cheapest_knobs(arch_file: ArchFile, **fixed: Any) -> list[Knobs]:
         if knob in CATEGORICAL_KNOBS:
             categorical[knob] = list(options)
             continue
-        value = min(options)
+        value = int(min(options)) if knob in INT_KNOBS else min(options)  # YAML ranges read as floats
         least[knob] = tuple([value] * len(arch_file.table.rows)) if values.per_row else value
     combos = [dict(zip(categorical, combo)) for combo in itertools.product(*categorical.values())]
     return [arch_file.knobs.to_knobs(**least, **combo, **fixed) for combo in combos]

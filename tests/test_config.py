@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mbv2_search.config import ConfigError, load_arch_file, load_study, read_yaml
 from mbv2_search.search import load_context, make_sampler
@@ -81,3 +82,18 @@ def test_space_errors_name_key_value_and_allowed(tmp_path, text, needle):
     with pytest.raises(ConfigError) as err:
         load_arch_file(path)
     assert needle in str(err.value) and str(err.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("step", [{}, {"step": 1}, {"step": 4}])
+def test_integer_knobs_take_low_high_ranges(tmp_path, step):
+    study = {
+        "name": "ranges",
+        "space": {"knobs": {"num_classes": 10}, "vary": {"resolution": {"low": 17, "high": 224, **step}}},
+        "n_trials": 1,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    _, arch_file = load_study(path)  # refused before: "got 17.0 at the low end of the space"
+    from mbv2_search.space import cheapest_knobs
+
+    assert [k.resolution for k in cheapest_knobs(arch_file)] == [17]
