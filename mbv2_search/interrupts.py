@@ -40,6 +40,15 @@ def ignore_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def _inside(frame: FrameType | None, packages: tuple[str, ...]) -> bool:
+    """Whether any frame of the stack runs code of these packages."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(packages):
+            return True
+        frame = frame.f_back
+    return False
+
+
 class SignalGuard:
     """Turns SIGINT and SIGTERM into Interrupted: at once inside `interruptible()`, else at `check()`.
 
@@ -59,9 +68,12 @@ class SignalGuard:
             for signum in SIGNALS:
                 if signal.getsignal(signum) != signal.SIG_IGN:
                     self._previous[signum] = signal.signal(signum, self._handle)
+            self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._retry)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._previous:
+            signal.setitimer(signal.ITIMER_REAL, 0)  # no retry pending once the default SIGALRM is back
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
         self._previous = {}
@@ -71,9 +83,18 @@ class SignalGuard:
             print(f"second {signal.Signals(signum).name}: exiting without clean-up", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum
-        if self.armed:
-            self.armed = False
-            raise Interrupted(signum)
+        self._retry(signal.SIGALRM, frame)
+
+    def _retry(self, signum: int, frame: FrameType | None) -> None:
+        """Raise now, unless training is inside an Optuna storage call (the pruner reading its peers):
+        cut there, the process's replay of the journal would lose a record. Then try again shortly."""
+        if not self.armed or self.signum is None:
+            return
+        if _inside(frame, ("optuna.", "sqlalchemy.")):
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            return
+        self.armed = False
+        raise Interrupted(self.signum)
 
     def check(self) -> None:
         """Raise Interrupted if a signal arrived."""

@@ -8,6 +8,7 @@ place that decides it, and the one place that changes trial states behind Optuna
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ EXCLUDED = "excluded"  # user attr on trials that do not count: interrupted, sta
 DUPLICATE = "duplicate_of"  # user attr on trials whose candidate an earlier trial evaluated (its number)
 WORKER = "worker"  # user attr: the process running the trial (host:pid-namespace:pid)
 CANDIDATE = "candidate"  # user attr written once a trial's knobs are suggested (duplicate look-ups wait for it)
+SAMPLING_GRACE = 10  # times the heartbeat grace, for a trial whose sampler is still choosing (no heartbeat yet)
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 
 
@@ -66,8 +68,9 @@ def counts(trials: list[FrozenTrial]) -> dict[str, int]:
 
 
 def candidate_key(params: dict[str, Any]) -> str:
-    """A candidate's identity: its knobs and seed (the trial's parameters)."""
-    return json.dumps(params, sort_keys=True)
+    """A candidate's identity: its knobs and seed (the trial's parameters), floats to 10 decimals
+    (Optuna's stepped floats come back as 0.39999999999999997 where a grid or a baseline says 0.4)."""
+    return json.dumps({k: round(v, 10) if isinstance(v, float) else v for k, v in params.items()}, sort_keys=True)
 
 
 def earlier_twin(study: optuna.Study, number: int, params: dict[str, Any], wait_seconds: float) -> FrozenTrial | None:
@@ -77,7 +80,7 @@ def earlier_twin(study: optuna.Study, number: int, params: dict[str, Any], wait_
     later one stands down. An earlier trial still choosing its knobs is waited for (up to
     wait_seconds: its worker may have died), so the look-up cannot miss it.
     """
-    deadline = time.monotonic() + wait_seconds
+    deadline, key = time.monotonic() + wait_seconds, candidate_key(params)
     while True:
         undecided = False
         for other in study.get_trials(deepcopy=False):
@@ -85,7 +88,7 @@ def earlier_twin(study: optuna.Study, number: int, params: dict[str, Any], wait_
                 continue
             if other.state == TrialState.RUNNING and CANDIDATE not in other.user_attrs:
                 undecided = True
-            elif other.params == params:
+            elif candidate_key(other.params) == key:
                 return other
         if not undecided or time.monotonic() > deadline:
             return None
@@ -115,21 +118,26 @@ def _worker_gone(trial: FrozenTrial) -> bool:
     return False
 
 
-def requeue(study: optuna.Study, trial_id: int, number: int, params: dict[str, Any], reason: str) -> None:
+def requeue(study: optuna.Study, trial_id: int, reason: str) -> None:
     """Take a RUNNING trial out of the budget (excluded with the reason, FAIL) and queue its candidate again.
 
-    Each step can be repeated: a process killed halfway (a second Ctrl-C) leaves a RUNNING trial
-    that recover_stale finishes re-queueing, with one retry per trial.
+    Only a chosen candidate is queued again (its knobs, or the fixed ones of a retry or baseline): a
+    trial stopped while its sampler was still choosing loses nothing. Each step can be repeated, by
+    this worker or another: a process killed halfway (a second Ctrl-C) leaves a RUNNING trial that
+    recover_stale finishes re-queueing, with one retry per trial.
     """
     storage = study._storage
     trial = storage.get_trial(trial_id)
     if trial.state != TrialState.RUNNING:  # finished meanwhile, or re-queued by another worker
         return
-    if EXCLUDED not in trial.user_attrs:
-        storage.set_trial_user_attr(trial_id, EXCLUDED, reason)
-    if not any(t.user_attrs.get("retry_of") == number for t in study.get_trials(deepcopy=False)):
-        study.enqueue_trial(params, user_attrs={"retry_of": number})
-    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    params = trial.params if CANDIDATE in trial.user_attrs else trial.system_attrs.get("fixed_params")
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another worker got there first
+        if EXCLUDED not in trial.user_attrs:
+            storage.set_trial_user_attr(trial_id, EXCLUDED, reason)
+        retried = any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False))
+        if params and not retried:
+            study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
 def recover_stale(study: optuna.Study, grace_seconds: float) -> list[int]:
@@ -137,14 +145,16 @@ def recover_stale(study: optuna.Study, grace_seconds: float) -> list[int]:
     now = time.time()
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = t.user_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
+        # a trial without a heartbeat yet is still in its sampler, which may take long (GP): more grace
+        beat = t.user_attrs.get("heartbeat")
+        since = beat or (t.datetime_start.timestamp() if t.datetime_start else now)
         if _worker_gone(t):
             reason = f"stale: its worker ({t.user_attrs[WORKER]}) is gone"
-        elif now - beat > grace_seconds:
+        elif now - since > grace_seconds * (1 if beat else SAMPLING_GRACE):
             reason = "stale: its worker stopped sending heartbeats"
         else:
             continue
-        requeue(study, t._trial_id, t.number, t.params, reason)
+        requeue(study, t._trial_id, reason)
         recovered.append(t.number)
     return recovered
 
@@ -155,7 +165,7 @@ def requeue_worker(study: optuna.Study, pid: int, reason: str) -> list[int]:
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get(WORKER) == me:
-            requeue(study, t._trial_id, t.number, t.params, reason)
+            requeue(study, t._trial_id, reason)
             out.append(t.number)
     return out
 

@@ -66,7 +66,8 @@ class Evaluator:
         knobs = space.suggest_knobs(trial, self.ctx.arch_file)
         seed = space.suggest_seed(trial, self.ctx.arch_file, study.training.seed)
         trial.set_user_attr(ledger.CANDIDATE, ledger.candidate_key(trial.params))
-        twin = ledger.earlier_twin(trial.study, trial.number, trial.params, 3 * study.heartbeat_seconds)
+        wait = 3 * study.heartbeat_seconds * ledger.SAMPLING_GRACE  # until an earlier trial's sampler is done or stale
+        twin = ledger.earlier_twin(trial.study, trial.number, trial.params, wait)
         if twin is not None:  # samplers re-propose points; parallel workers propose the same ones
             raise DuplicateCandidate(twin.number)
         # the class count without loading data where it is known: infeasible candidates load nothing

@@ -77,11 +77,15 @@ def make_sampler(ctx: Context) -> optuna.samplers.BaseSampler:
 
 
 def space_size(ctx: Context) -> int | None:
-    """Distinct candidates the study can propose (the grid sampler's grid, else the space); None if unbounded."""
-    grid = ctx.study.sampler.options.get("grid") if ctx.study.sampler.name == "grid" else None
-    if grid:
-        return math.prod(len(values) for values in grid.values())
-    return space.size(ctx.arch_file)
+    """Distinct candidates the study can evaluate: the grid sampler's grid (or else the space), plus the
+    baselines outside it; None if a range is continuous."""
+    config = ctx.study.sampler
+    grid = (config.options.get("grid") if config.name == "grid" else None) or space.grid_or_none(ctx.arch_file)
+    if grid is None:
+        return None
+    points = {ledger.candidate_key(b) for b in ctx.study.baselines if set(b) == set(grid)}
+    outside = {p for p in points if any(v not in grid[k] for k, v in json.loads(p).items())}
+    return math.prod(len(values) for values in grid.values()) + len(outside)
 
 
 def trial_seed(study_seed: int, number: int) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Any
 
@@ -109,22 +108,20 @@ def cheapest_knobs(arch_file: ArchFile, **fixed: Any) -> list[Knobs]:
     return [arch_file.knobs.to_knobs(**least, **combo, **fixed) for combo in combos]
 
 
-def size(arch_file: ArchFile) -> int | None:
-    """How many distinct candidates the space holds; None where a range is continuous."""
+def grid_or_none(arch_file: ArchFile) -> dict[str, list[Any]] | None:
+    """The space's grid, or None where a range is continuous."""
     try:
-        points = grid(arch_file)
+        return grid(arch_file)
     except ValueError:
         return None
-    return math.prod(len(values) for values in points.values())
 
 
 def unseen_point(arch_file: ArchFile, seen: set[str], rng: random.Random, tries: int = 1000) -> dict[str, Any] | None:
     """A random point of a finite space whose candidate key is not in `seen` (None if none was found)."""
     from mbv2_search.ledger import candidate_key
 
-    try:
-        points = grid(arch_file)
-    except ValueError:
+    points = grid_or_none(arch_file)
+    if points is None:
         return None
     for _ in range(tries):
         point = {name: rng.choice(values) for name, values in points.items()}

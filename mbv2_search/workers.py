@@ -71,8 +71,8 @@ def _candidate_failures() -> tuple[type[BaseException], ...]:
 
 def _tell(study: optuna.Study, trial: optuna.Trial, **outcome: Any) -> None:
     """Finish the trial, unless another worker took it over meanwhile (its heartbeat looked stale)."""
-    if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-        study.tell(trial, **outcome)
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        study.tell(trial, skip_if_finished=True, **outcome)
 
 
 def run_trial(
@@ -86,8 +86,9 @@ def run_trial(
     """Evaluate one trial and record its outcome; interruptions and environment failures re-queue it."""
     from mbv2_search.objective import DuplicateCandidate
 
-    heartbeat = Heartbeat(trial, heartbeat_seconds)
+    heartbeat = None
     try:
+        heartbeat = Heartbeat(trial, heartbeat_seconds)
         with guard.interruptible():
             values = evaluate(trial)
     except DuplicateCandidate as duplicate:
@@ -107,13 +108,14 @@ def run_trial(
     except BaseException as err:  # a signal, the data, the disk, the storage, a bug: never counted, run again
         why = f"interrupted by {err}" if isinstance(err, Interrupted) else f"{type(err).__name__}: {err}"
         with contextlib.suppress(Exception):  # the storage may be what failed; then the trial goes stale
-            ledger.requeue(study, trial._trial_id, trial.number, trial.params, f"{why}; it runs again on resume")
+            ledger.requeue(study, trial._trial_id, f"{why}; it runs again on resume")
         raise
     else:
         _tell(study, trial, values=values)
         report.ran += 1
     finally:
-        heartbeat.stop()
+        if heartbeat is not None:
+            heartbeat.stop()
     report.streak = 0
 
 
@@ -173,13 +175,14 @@ def work(
             if exhausted or spent.done + spent.running >= n_trials:
                 time.sleep(min(1.0, beat))  # other workers hold the last slots; theirs may come back to us
                 continue
-            if size is not None and report.streak >= 2:
+            if size is not None and report.streak >= 2 and ctx.study.sampler.name != "grid":
                 _nudge(ctx, study, len(study.get_trials(deepcopy=False)))
+            guard.check()
             trial = study.ask()
-            if ledger.budget(study.get_trials(deepcopy=False), below=trial.number).done >= n_trials:
-                # other workers filled the study between our count and our ask: give this one back
-                trial.set_user_attr(ledger.EXCLUDED, "surplus: the study had reached n_trials")
-                study.tell(trial, state=TrialState.FAIL)
+            earlier = ledger.budget(study.get_trials(deepcopy=False), below=trial.number)
+            if earlier.done + earlier.running >= n_trials:
+                # other workers took the last slots between our count and our ask: give this one back
+                ledger.requeue(study, trial._trial_id, "surplus: earlier trials hold every slot of n_trials")
                 continue
             if on_event:
                 on_event("start", trial)

@@ -120,6 +120,7 @@ def test_a_dead_local_worker_is_recovered_at_once(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
     ghost = study.ask({"width": optuna.distributions.CategoricalDistribution([0.5, 1.0])})
+    ghost.set_user_attr(ledger.CANDIDATE, "chosen")  # it was training
     ghost.set_user_attr(ledger.WORKER, ledger.worker_id(dead.pid))
     ghost.set_user_attr("heartbeat", time.time())
     report = work(ctx)
@@ -163,6 +164,32 @@ def test_every_image_of_a_small_folder_is_opened_before_a_run(tmp_path, capsys):
     assert not (tmp_path / "reports").exists()
 
 
+def test_a_trial_stopped_while_its_sampler_chose_is_not_queued_again(tmp_path):
+    study = open_study(context(tmp_path, sampler={"name": "grid"}))
+    choosing = study.ask()  # interrupted inside ask(): no knobs chosen yet
+    ledger.requeue(study, choosing._trial_id, "interrupted by SIGINT; it runs again on resume")
+    trials = study.get_trials()
+    assert len(trials) == 1 and trials[0].state == TrialState.FAIL  # no empty retry the grid sampler would refuse
+    baseline = study.enqueue_trial({"width": 1.0, "resolution": 12, "expansion": 4}) or study.ask()
+    ledger.requeue(study, baseline._trial_id, "interrupted by SIGTERM; it runs again on resume")
+    retry = study.get_trials()[-1]
+    assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == baseline.number
+
+
+def test_grid_baselines_outside_the_grid_add_to_the_space_size(tmp_path):
+    from mbv2_search.search import space_size
+
+    inside = context(tmp_path, sampler={"name": "grid"}, baselines=[{"width": 1.0, "resolution": 12, "expansion": 4}])
+    assert space_size(inside) == 8
+    grid = {"width": [0.5], "resolution": [8, 12], "expansion": [2]}
+    outside = context(
+        tmp_path,
+        sampler={"name": "grid", "options": {"grid": grid}},
+        baselines=[{"width": 1.0, "resolution": 12, "expansion": 4}],
+    )
+    assert space_size(outside) == 3
+
+
 def test_an_interrupted_clean_up_is_finished_by_the_next_worker(tmp_path):
     ctx = context(tmp_path, n_trials=1)
     study = open_study(ctx)
@@ -171,6 +198,7 @@ def test_an_interrupted_clean_up_is_finished_by_the_next_worker(tmp_path):
     width = {"width": optuna.distributions.CategoricalDistribution([0.5, 1.0])}
     halfway = [study.ask(width) for _ in range(2)]  # killed by a second Ctrl-C while re-queueing
     for trial in halfway:
+        trial.set_user_attr(ledger.CANDIDATE, "chosen")  # they were training
         trial.set_user_attr(ledger.WORKER, ledger.worker_id(dead.pid))
         trial.set_user_attr(ledger.EXCLUDED, "interrupted by SIGINT; it runs again on resume")
     study.enqueue_trial(halfway[1].params, user_attrs={"retry_of": halfway[1].number})  # its retry was queued
@@ -318,9 +346,7 @@ def test_a_trial_taken_over_as_stale_is_left_to_its_retry(tmp_path, monkeypatch)
         if len(calls) == 1:  # meanwhile another worker decided our heartbeat was stale and re-queued us
             study = open_study(ctx)
             mine = study.get_trials()[0]
-            ledger.requeue(
-                study, mine._trial_id, mine.number, mine.params, "stale: its worker stopped sending heartbeats"
-            )
+            ledger.requeue(study, mine._trial_id, "stale: its worker stopped sending heartbeats")
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "train", looked_stale_once)

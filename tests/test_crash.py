@@ -12,7 +12,7 @@ import uuid
 import pytest
 from optuna.trial import TrialState
 
-from mbv2_search.ledger import EXCLUDED, counts
+from mbv2_search.ledger import CANDIDATE, EXCLUDED, counts
 from mbv2_search.search import load_context, open_study
 from mbv2_search.workers import work
 from tests.test_search import write_study
@@ -55,7 +55,7 @@ def test_sigkill_mid_trial_then_resume(tmp_path, storage):
             return (
                 TrialState.COMPLETE in states
                 and states[-1] == TrialState.RUNNING
-                and "heartbeat" in trials[-1].user_attrs
+                and CANDIDATE in trials[-1].user_attrs  # its knobs are chosen: it is training
             )
 
         assert wait_for(one_done_one_running), (

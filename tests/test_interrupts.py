@@ -38,3 +38,16 @@ def test_handlers_are_restored_and_an_ignored_signal_stays_ignored():
         assert signal.getsignal(signal.SIGTERM) == before
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_during_a_storage_call_waits_until_the_call_returns():
+    finished = []
+    storage_call = {"__name__": "optuna.storages.fake", "os": os, "signal": signal, "time": time, "finished": finished}
+    exec(  # a function that Python sees as Optuna's own code, like a journal replay in the pruner
+        "def write():\n    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(0.2)\n    finished.append(True)\n",
+        storage_call,
+    )
+    with SignalGuard() as guard, pytest.raises(Interrupted), guard.interruptible():
+        storage_call["write"]()
+        assert finished == [True]  # the call ran to its end
+        time.sleep(5)  # the retry raises here

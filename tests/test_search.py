@@ -11,6 +11,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
+from mbv2_search import ledger
 from mbv2_search.cli import main
 from mbv2_search.config import load_arch_file
 from mbv2_search.export import export_trial
@@ -137,6 +138,7 @@ def test_stale_running_trial_is_rerun(tmp_path):
     ctx = context(tmp_path, n_trials=2)
     study = open_study(ctx)
     ghost = study.ask({"width": optuna.distributions.CategoricalDistribution([0.5, 1.0])})  # a worker that died
+    ghost.set_user_attr(ledger.CANDIDATE, "chosen")  # it was training
     ghost.set_user_attr("heartbeat", time.time() - 3600)
     report = work(ctx)
     trials = open_study(ctx).get_trials()

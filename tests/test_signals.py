@@ -112,7 +112,11 @@ def test_a_killed_worker_is_noticed_at_once_and_its_trial_runs_in_the_same_run(t
         training={"epochs": 6, "batch_size": 64, "device": "cpu"},
     )
     assert wait_for(lambda: training(ctx, 1)), process.stderr.read() if process.poll() is not None else "timed out"
-    victim = next(t for t in trials(ctx) if t.state == TrialState.RUNNING and ledger.WORKER in t.user_attrs)
+    victim = next(
+        t
+        for t in trials(ctx)
+        if t.state == TrialState.RUNNING and (ctx.report_dir / "trials" / f"{t.number:05d}").exists()
+    )  # a worker in the middle of training
     pid = int(victim.user_attrs[ledger.WORKER].rpartition(":")[2])
     os.kill(pid, signal.SIGKILL)
     returncode, out, err = finish(process, timeout=300)
