@@ -252,13 +252,12 @@ class FolderData:
         )
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
-
-
 def _class_images(folder: Path) -> dict[str, list[Path]]:
-    """Each class sub-folder of one split with its image files (by extension), sorted."""
+    """Each class sub-folder of one split with its image files (torchvision's extensions), sorted."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
     return {
-        c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
         for c in sorted(folder.iterdir())
         if c.is_dir()
     }
@@ -282,9 +281,10 @@ def _readable(path: Path) -> None:
         raise _unreadable(path, err) from None
 
 
-def check_imagefolder(root: Path) -> int:
-    """Check an image folder's layout, that no class is empty and that its images open (all of them up to
-    FULL_CHECK images, else the first of each class); returns the class count."""
+def imagefolder_classes(root: Path) -> dict[str, dict[str, list[Path]]]:
+    """Check an image folder's layout (both splits, the same classes, none empty); split -> class -> images."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
     expected = "train/ and val/, each with one sub-folder of images per class"
     for split in ("train", "val"):
         if not (root / split).is_dir():
@@ -295,19 +295,12 @@ def check_imagefolder(root: Path) -> int:
             raise DataError(f"{root / split}: no class sub-folders; expected {expected}")
         for name, images in classes.items():
             if not images:
-                raise DataError(
-                    f"{root / split / name}: no images ({', '.join(IMAGE_EXTENSIONS)}); expected {expected}"
-                )
+                raise DataError(f"{root / split / name}: no images ({', '.join(IMG_EXTENSIONS)}); expected {expected}")
     if sorted(splits["val"]) != sorted(splits["train"]):
         raise DataError(
             f"{root}: train/ has {len(splits['train'])} classes but val/ has {len(splits['val'])}; they must match"
         )
-    every = [images for classes in splits.values() for images in classes.values()]
-    full = sum(map(len, every)) <= FULL_CHECK
-    for images in every:
-        for path in images if full else images[:1]:
-            _readable(path)
-    return len(splits["train"])
+    return splits
 
 
 def _load_image(path: str) -> object:
@@ -320,14 +313,18 @@ def _load_image(path: str) -> object:
         raise _unreadable(path, err) from None
 
 
-def load_imagefolder(data_dir: str | Path | None, resolution: int, workers: int) -> FolderData:
-    """Check an image folder's layout; the val/ split serves as both validation and test."""
+def _folder_root(data_dir: str | Path | None) -> Path:
     if data_dir is None:
         raise DataError(
             "imagefolder: no data folder given; pass --data-dir (or data.dir) with train/ and val/ of class sub-folders"
         )
-    root = Path(data_dir)
-    return FolderData("imagefolder", root, check_imagefolder(root), resolution, workers)
+    return Path(data_dir)
+
+
+def load_imagefolder(data_dir: str | Path | None, resolution: int, workers: int) -> FolderData:
+    """Check an image folder's layout; the val/ split serves as both validation and test."""
+    root = _folder_root(data_dir)
+    return FolderData("imagefolder", root, len(imagefolder_classes(root)["train"]), resolution, workers)
 
 
 def check_source(name: str, data_dir: str | Path | None) -> None:
@@ -335,7 +332,12 @@ def check_source(name: str, data_dir: str | Path | None) -> None:
     if name in _CIFAR:
         load_cifar(name, data_dir, 1, torch.device("cpu"))
     elif name == "imagefolder":
-        load_imagefolder(data_dir, 1, 0)
+        # once per run, not per trial: every image of a small folder, the first of each class otherwise
+        every = [images for split in imagefolder_classes(_folder_root(data_dir)).values() for images in split.values()]
+        full = sum(map(len, every)) <= FULL_CHECK
+        for images in every:
+            for path in images if full else images[:1]:
+                _readable(path)
 
 
 def load_dataset(

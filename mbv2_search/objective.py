@@ -34,11 +34,12 @@ class Evaluator:
     """Turns one Optuna trial into costs, a feasibility verdict and, if feasible, a trained result."""
 
     def __init__(self, ctx: Context, device: str) -> None:
-        from mbv2_search.train import resolve_device
+        from mbv2_search.train import hardware_name, resolve_device
 
         self.ctx = ctx
         # resolved once, before any trial: a missing GPU is the environment's fault, not a candidate's
         self.device = resolve_device(device if device != "auto" else ctx.study.training.device)
+        self.hardware = hardware_name(self.device)  # after the worker set its thread count
         self._data: dict[int, Any] = {}
 
     def _latency_table(self) -> Any:
@@ -123,7 +124,7 @@ class Evaluator:
 
     def _train(self, trial: optuna.Trial, spec: ArchSpec, seed: int, measured: dict, attrs: dict) -> list[float]:
         from mbv2_search.cost import fvcore_count
-        from mbv2_search.train import hardware_name, train
+        from mbv2_search.train import train
 
         study = self.ctx.study
         data = self._dataset(spec.resolution)
@@ -158,7 +159,7 @@ class Evaluator:
             train_step_seconds=result.train_step_seconds,
             eval_seconds=result.eval_seconds,
             device=result.device,
-            hardware=hardware_name(self.device),
+            hardware=self.hardware,
             memory_format=result.memory_format,
             # relative to the report folder, so a moved or copied study still finds its weights
             run_dir=os.path.relpath(result.run_dir, self.ctx.report_dir),
@@ -179,12 +180,12 @@ class Evaluator:
         Formats differ in floating-point order, so a choice made by timing in each process would give
         the same knobs and seed different results under load; the first measurement is kept for all.
         """
-        from mbv2_search.train import hardware_name, prefers_channels_last
+        from mbv2_search.train import prefers_channels_last
 
         batch_size = self.ctx.study.training.batch_size
         if self.device.type == "cuda":
             return "channels_last"
-        shape = [hardware_name(self.device), batch_size, spec.resolution, spec.stem_channels, spec.head_channels]
+        shape = [self.hardware, batch_size, spec.resolution, spec.stem_channels, spec.head_channels]
         shape.append([[b.t, b.in_channels, b.hidden_channels, b.out_channels, b.stride, b.kernel] for b in spec.blocks])
         key = "memory_format:" + hashlib.sha1(json.dumps(shape).encode()).hexdigest()[:16]
         stored = study.user_attrs.get(key)
