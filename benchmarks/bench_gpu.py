@@ -22,8 +22,9 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mbv2_search.arch import Knobs, build_spec  # noqa: E402
+from mbv2_search.arch import build_spec  # noqa: E402
 from mbv2_search.data import Split, TensorData, load_digits  # noqa: E402
+from mbv2_search.knobs import Knobs
 from mbv2_search.model import build_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

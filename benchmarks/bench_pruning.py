@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mbv2_search.report.analysis import hypervolume, trials_frame  # noqa: E402
-from mbv2_search.search import load_context, open_study  # noqa: E402
+from mbv2_search.search import load_context  # noqa: E402
+from mbv2_search.storage import open_study  # noqa: E402
 from mbv2_search.workers import work  # noqa: E402
 
 

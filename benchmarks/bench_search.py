@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mbv2_search import ledger  # noqa: E402
-from mbv2_search.search import load_context, open_study  # noqa: E402
+from mbv2_search.search import load_context  # noqa: E402
+from mbv2_search.storage import open_study  # noqa: E402
 from mbv2_search.train import hardware_name  # noqa: E402
 from mbv2_search.workers import supervise, work  # noqa: E402
 
@@ -47,7 +48,7 @@ def run(folder: Path, trials: int, workers: int) -> dict[str, float]:
     if workers == 1:
         work(ctx)
     else:
-        failures, _ = supervise(ctx, workers, folder / "reports", on_note=lambda line: None)
+        failures, _ = supervise(ctx, workers, reports_root=folder / "reports", on_note=lambda line: None)
         assert not failures, failures
     wall = time.perf_counter() - start
     stored = open_study(ctx).get_trials()

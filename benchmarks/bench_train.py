@@ -25,8 +25,9 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mbv2_search.arch import Knobs, build_spec  # noqa: E402
+from mbv2_search.arch import build_spec  # noqa: E402
 from mbv2_search.data import TensorData, load_digits  # noqa: E402
+from mbv2_search.knobs import Knobs
 from mbv2_search.model import build_model  # noqa: E402
 from mbv2_search.train import RECIPES, Classifier, _Clock, configure_cpu, prefers_channels_last, train  # noqa: E402
 

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mbv2_search.ledger import counts  # noqa: E402
-from mbv2_search.search import load_context, make_storage, open_study  # noqa: E402
+from mbv2_search.search import load_context  # noqa: E402
+from mbv2_search.storage import make_storage, open_study  # noqa: E402
 from mbv2_search.workers import start_workers  # noqa: E402
 
 SPACE = {
@@ -64,9 +65,9 @@ def trials_per_hour(folder: Path, url: str | None, workers: int, trials: int) ->
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(study))
-    ctx = load_context(path, url, folder / "reports")
+    ctx = load_context(path, url, reports_root=folder / "reports")
     start = time.perf_counter()
-    for process in start_workers(ctx, workers, folder / "reports"):
+    for process in start_workers(ctx, workers, reports_root=folder / "reports"):
         process.join()
     wall = time.perf_counter() - start
     done = counts(open_study(ctx).get_trials(deepcopy=False))["complete"]

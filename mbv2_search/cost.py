@@ -9,79 +9,10 @@ them (torchvision, timm) but not TF-Slim's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 from mbv2_search.arch import ArchSpec
-
-
-class Layer(NamedTuple):
-    """One convolution or the classifier, named by its module path in the torchvision layout.
-
-    A NamedTuple, not a dataclass: the search counts thousands of candidates and this is 2x faster.
-    """
-
-    name: str
-    kind: Literal["conv", "linear"]
-    row: int | None  # block-table row; None for stem, head and classifier
-    in_channels: int
-    out_channels: int
-    kernel: int
-    stride: int
-    groups: int
-    in_size: int
-
-    @property
-    def out_size(self) -> int:
-        """Output side length ('SAME' padding)."""
-        return -(-self.in_size // self.stride)
-
-    @property
-    def weights(self) -> int:
-        """Weight count (plus the classifier's bias)."""
-        per_output = self.kernel * self.kernel * self.in_channels // self.groups
-        return per_output * self.out_channels + (self.out_channels if self.kind == "linear" else 0)
-
-    @property
-    def madds(self) -> int:
-        """Multiply-accumulates at batch 1."""
-        per_output = self.kernel * self.kernel * self.in_channels // self.groups
-        return per_output * self.out_channels * self.out_size * self.out_size
-
-    @property
-    def bn_params(self) -> int:
-        """BatchNorm weight + bias that follow this layer (every conv has one; the classifier none)."""
-        return 2 * self.out_channels if self.kind == "conv" else 0
-
-
-def layers(spec: ArchSpec) -> list[Layer]:
-    """Every conv and the classifier of a spec, in forward order."""
-
-    def conv(name, row, cin, cout, kernel, stride, size, groups=1):
-        return Layer(name, "conv", row, cin, cout, kernel, stride, groups, size)
-
-    out = [conv("features.0.0", None, spec.in_channels, spec.stem_channels, 3, spec.stem_stride, spec.resolution)]
-    for index, b in enumerate(spec.blocks, start=1):
-        prefix, part = f"features.{index}.conv", 0
-        if b.expand:
-            out.append(conv(f"{prefix}.0.0", b.row, b.in_channels, b.hidden_channels, 1, 1, b.in_size))
-            part = 1
-        out.append(
-            conv(
-                f"{prefix}.{part}.0",
-                b.row,
-                b.hidden_channels,
-                b.hidden_channels,
-                b.kernel,
-                b.stride,
-                b.in_size,
-                groups=b.hidden_channels,
-            )
-        )
-        out.append(conv(f"{prefix}.{part + 1}", b.row, b.hidden_channels, b.out_channels, 1, 1, b.out_size))
-    last_in = spec.blocks[-1].out_channels
-    out.append(conv(f"features.{len(spec.blocks) + 1}.0", None, last_in, spec.head_channels, 1, 1, spec.final_size))
-    out.append(Layer("classifier.1", "linear", None, spec.head_channels, spec.num_classes, 1, 1, 1, 1))
-    return out
+from mbv2_search.layers import layers
 
 
 @dataclass(frozen=True)
@@ -176,7 +107,9 @@ def fvcore_count(spec: ArchSpec) -> FvcoreCount:
     return FvcoreCount(by_operator, sum(p.numel() for p in model.parameters()))
 
 
-def time_forward(module: Any, shape: tuple[int, ...], device: str = "cpu", repeats: int = 30, warmup: int = 5) -> float:
+def time_forward(
+    module: Any, shape: tuple[int, ...], *, device: str = "cpu", repeats: int = 30, warmup: int = 5
+) -> float:
     """Median milliseconds of one eval-mode forward pass at an input shape, after warm-up runs."""
     import statistics
     import time
@@ -198,10 +131,14 @@ def time_forward(module: Any, shape: tuple[int, ...], device: str = "cpu", repea
     return statistics.median(times) * 1000
 
 
-def measure_latency_ms(spec: ArchSpec, device: str = "cpu", repeats: int = 30, warmup: int = 5) -> float:
+def measure_latency_ms(spec: ArchSpec, device: str = "cpu", *, repeats: int = 30, warmup: int = 5) -> float:
     """Median batch-1 inference latency in milliseconds on this host, after warm-up runs."""
     from mbv2_search.model import build_model
 
     return time_forward(
-        build_model(spec), (1, spec.in_channels, spec.resolution, spec.resolution), device, repeats, warmup
+        build_model(spec),
+        (1, spec.in_channels, spec.resolution, spec.resolution),
+        device=device,
+        repeats=repeats,
+        warmup=warmup,
     )

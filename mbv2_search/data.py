@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mbv2_search.datasets import DATASETS, Dataset
 from mbv2_search.errors import DataError
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 SPLIT_SEED = 0  # fixed, so every trial of a study sees the same train/val/test split
 
 
@@ -106,14 +106,14 @@ class DeviceBatches:
         size, device = batch.shape[-1], batch.device
         shift = round(self.data.translate * size)
         if shift:
-            batch = random_translate(batch, shift, self.generator)
+            batch = random_translate(batch, shift, generator=self.generator)
         if self.data.flip:
             flip = torch.rand(len(batch), device=device, generator=self.generator) < 0.5
             batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
         return batch
 
 
-def random_translate(batch: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
+def random_translate(batch: torch.Tensor, shift: int, *, generator: torch.Generator) -> torch.Tensor:
     """Shift each image by up to `shift` pixels each way (zero fill): pad once, gather per image."""
     n, _, height, width = batch.shape
     padded = F.pad(batch, (shift, shift, shift, shift))
@@ -156,8 +156,8 @@ def load_digits(resolution: int, device: torch.device) -> TensorData:
 
 
 _CIFAR = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels", 10),
-    "cifar100": ("cifar-100-python", ["train"], "test", b"fine_labels", 100),
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels"),
+    "cifar100": ("cifar-100-python", ["train"], "test", b"fine_labels"),
 }
 _CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -178,10 +178,11 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
 
 
 def load_cifar(
-    name: str, data_dir: str | Path | None, resolution: int, device: torch.device, val_fraction: float = 0.1
+    name: str, data_dir: str | Path | None, *, resolution: int, device: torch.device, val_fraction: float = 0.1
 ) -> TensorData:
     """CIFAR-10/100 from a local folder in the standard python format (torchvision's layout)."""
-    folder_name, train_files, test_file, label_key, classes = _CIFAR[name]
+    folder_name, train_files, test_file, label_key = _CIFAR[name]
+    classes = DATASETS[name].classes
     if data_dir is None:
         raise DataError(
             f"{name}: no data folder given; pass --data-dir (or data.dir) pointing at the folder holding {folder_name}/"
@@ -321,7 +322,7 @@ def _folder_root(data_dir: str | Path | None) -> Path:
     return Path(data_dir)
 
 
-def load_imagefolder(data_dir: str | Path | None, resolution: int, workers: int) -> FolderData:
+def load_imagefolder(data_dir: str | Path | None, resolution: int, *, workers: int) -> FolderData:
     """Check an image folder's layout; the val/ split serves as both validation and test."""
     root = _folder_root(data_dir)
     return FolderData("imagefolder", root, len(imagefolder_classes(root)["train"]), resolution, workers)
@@ -330,7 +331,7 @@ def load_imagefolder(data_dir: str | Path | None, resolution: int, workers: int)
 def check_source(name: str, data_dir: str | Path | None) -> None:
     """Check that a dataset's files are there and readable, without keeping them (before any trial runs)."""
     if name in _CIFAR:
-        load_cifar(name, data_dir, 1, torch.device("cpu"))
+        load_cifar(name, data_dir, resolution=1, device=torch.device("cpu"))
     elif name == "imagefolder":
         # once per run, not per trial: every image of a small folder, the first of each class otherwise
         every = [images for split in imagefolder_classes(_folder_root(data_dir)).values() for images in split.values()]
@@ -341,7 +342,7 @@ def check_source(name: str, data_dir: str | Path | None) -> None:
 
 
 def load_dataset(
-    name: str, resolution: int, device: torch.device, data_dir: str | Path | None = None, workers: int = 4
+    name: str, resolution: int, *, device: torch.device, data_dir: str | Path | None = None, workers: int = 4
 ) -> TensorData | FolderData:
     """Load a dataset by name for a candidate's resolution.
 
@@ -352,10 +353,19 @@ def load_dataset(
         data_dir: the local folder for cifar10/cifar100/imagefolder.
         workers: DataLoader worker processes for imagefolder.
     """
-    if name == "digits":
-        return load_digits(resolution, device)
-    if name in _CIFAR:
-        return load_cifar(name, data_dir, resolution, device)
-    if name == "imagefolder":
-        return load_imagefolder(data_dir, resolution, workers)
-    raise DataError(f"dataset: got {name!r}; allowed: {', '.join(DATASETS)}")
+    if name not in DATASETS:
+        raise DataError(f"dataset: got {name!r}; allowed: {', '.join(DATASETS)}")
+    return globals()[f"_{DATASETS[name].loader}"](DATASETS[name], data_dir, resolution, device, workers)
+
+
+# The registry's loaders under one signature: (dataset, data_dir, resolution, device, workers).
+def _load_digits(dataset: Dataset, data_dir: object, resolution: int, device: torch.device, workers: int) -> TensorData:
+    return load_digits(resolution, device)
+
+
+def _load_cifar(dataset: Dataset, data_dir: object, resolution: int, device: torch.device, workers: int) -> TensorData:
+    return load_cifar(dataset.name, data_dir, resolution=resolution, device=device)
+
+
+def _load_imagefolder(dataset: Dataset, data_dir: object, resolution: int, device: object, workers: int) -> FolderData:
+    return load_imagefolder(data_dir, resolution, workers=workers)

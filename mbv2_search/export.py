@@ -9,7 +9,8 @@ import optuna
 
 from mbv2_search import ledger, space
 from mbv2_search.arch import build_spec
-from mbv2_search.search import Context, open_study
+from mbv2_search.search import Context
+from mbv2_search.storage import open_study
 
 
 class NoWeights(ValueError):
@@ -49,7 +50,7 @@ def _why_no_weights(ctx: Context, trial: optuna.trial.FrozenTrial) -> str:
     return f"trial {trial.number} has no weights: it was never trained (state {trial.state.name})"
 
 
-def export_trial(ctx: Context, number: int, out_dir: Path | None = None, onnx: bool = False) -> dict[str, str]:
+def export_trial(ctx: Context, number: int, *, out_dir: Path | None = None, onnx: bool = False) -> dict[str, str]:
     """Write a trial's block table (YAML that cost/arch/train accept), its weights (torchvision layout)
     and, with onnx, an ONNX model of the trained network (batch dimension dynamic)."""
     import torch
@@ -94,7 +95,7 @@ def export_trial(ctx: Context, number: int, out_dir: Path | None = None, onnx: b
         model = build_model(spec).eval()
         model.load_state_dict(torch.load(written["weights"], weights_only=True))
         onnx_path = out_dir / f"trial-{number:05d}.onnx"
-        export_onnx(model, spec.resolution, onnx_path)
+        export_onnx(model, spec.resolution, path=onnx_path)
         written["onnx"] = str(onnx_path)
     return written
 
@@ -106,7 +107,7 @@ def knobs_from_document(document: dict[str, Any]) -> Any:
     return KnobsModel.model_validate(document["knobs"]).to_knobs()
 
 
-def export_onnx(model: Any, resolution: int, path: Path) -> None:
+def export_onnx(model: Any, resolution: int, *, path: Path) -> None:
     """ONNX export of an eval-mode model, input 'images' (N x 3 x R x R), output 'logits'."""
     import warnings
 

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from optuna.storages.journal import JournalFileBackend
-from optuna.storages.journal._file import get_lock_file  # the lock Optuna's own append takes
+
+from mbv2_search.optuna_private import get_lock_file  # the lock Optuna's own append takes
 
 _CHUNK = 1 << 16
 

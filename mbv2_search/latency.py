@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +16,49 @@ from mbv2_search.arch import ArchSpec, Block
 Key = tuple
 
 
+# Block fields that label a block rather than shape its computation (t is in hidden_channels and expand).
+# Every other field, including any added later, is part of a block's unit key.
+_NOT_STRUCTURE = ("row", "t")
+
+
+def block_structure(block: Block) -> tuple[tuple[str, Any], ...]:
+    """A block's full description, less its labels, as (field, value) pairs: what a measured unit must match."""
+    return tuple((name, value) for name, value in asdict(block).items() if name not in _NOT_STRUCTURE)
+
+
 def unit_keys(spec: ArchSpec) -> list[Key]:
     """The units of a spec in forward order: stem, one per block, head (conv, pool, classifier)."""
     keys: list[Key] = [("stem", spec.resolution, spec.in_channels, spec.stem_channels, spec.stem_stride)]
-    for b in spec.blocks:
-        keys.append(
-            (
-                "block",
-                b.in_size,
-                b.in_channels,
-                b.hidden_channels,
-                b.out_channels,
-                b.stride,
-                b.kernel,
-                b.expand,
-                b.residual,
-                spec.bottleneck_activation,
-            )
-        )
+    keys += [("block", spec.bottleneck_activation, block_structure(b)) for b in spec.blocks]
     keys.append(("head", spec.final_size, spec.blocks[-1].out_channels, spec.head_channels, spec.num_classes))
     return keys
+
+
+def _upgrade(name: str) -> str:
+    """A unit key of a table written before keys were derived from the block (no shortcut or SE fields)."""
+    key = json.loads(name)
+    if key[0] != "block" or len(key) != 10:
+        return name
+    _, size, cin, hidden, cout, stride, kernel, expand, residual, activation = key
+    block = Block(0, 1.0, cin, hidden, cout, stride, kernel, size, expand, residual)
+    return json.dumps(("block", activation, block_structure(block)))
+
+
+def _with_carried_expansion(block_module: Any, block: Block) -> Any:
+    """A block unit whose expansion adds the previous block's (paper Fig. 6b), timed with that add."""
+    import torch
+    from torch import nn
+
+    class CarriedExpansion(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = block_module
+            self.register_buffer("carried", torch.zeros(1, block.hidden_channels, block.in_size, block.in_size))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.block.forward_expansion_shortcut(x, self.carried)[0]
+
+    return CarriedExpansion()
 
 
 def _unit_module(key: Key) -> tuple[Any, tuple[int, ...]]:
@@ -47,14 +70,21 @@ def _unit_module(key: Key) -> tuple[Any, tuple[int, ...]]:
     kind = key[0]
     if kind == "stem":
         _, size, cin, cout, stride = key
-        return conv_bn_act(cin, cout, 3, stride), (1, cin, size, size)
+        return conv_bn_act(cin, cout, kernel=3, stride=stride), (1, cin, size, size)
     if kind == "block":
-        _, size, cin, hidden, cout, stride, kernel, expand, residual, activation = key
-        block = Block(0, 1.0, cin, hidden, cout, stride, kernel, size, expand, residual)
-        return InvertedResidual(block, activation), (1, cin, size, size)
+        _, activation, fields = key
+        block = Block(row=0, t=1.0, **dict(fields))
+        module = InvertedResidual(block, activation)
+        if block.expansion_residual:
+            module = _with_carried_expansion(module, block)
+        return module, (1, block.in_channels, block.in_size, block.in_size)
     _, size, cin, head, classes = key
     module = nn.Sequential(
-        conv_bn_act(cin, head, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(0.2), nn.Linear(head, classes)
+        conv_bn_act(cin, head, kernel=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(1),
+        nn.Dropout(0.2),
+        nn.Linear(head, classes),
     )
     return module, (1, cin, size, size)
 
@@ -108,7 +138,7 @@ class LatencyTable:
         return cls(
             data["device"],
             data["hardware"],
-            data["units"],
+            {_upgrade(name): ms for name, ms in data["units"].items()},
             data["offset_ms"],
             data.get("scale", 1.0),
             data.get("meta", {}),
@@ -116,7 +146,7 @@ class LatencyTable:
 
 
 def space_specs(
-    arch_file: Any, samples: int, seed: int = 0, num_classes: int | None = None, max_grid: int = 5000
+    arch_file: Any, samples: int, *, seed: int = 0, num_classes: int | None = None, max_grid: int = 5000
 ) -> tuple[list[ArchSpec], str]:
     """Every candidate of a space when its grid has at most max_grid points, else random samples."""
     import itertools
@@ -125,7 +155,8 @@ def space_specs(
     import optuna
 
     from mbv2_search import space
-    from mbv2_search.arch import ArchError, build_spec
+    from mbv2_search.arch import build_spec
+    from mbv2_search.knobs import ArchError
 
     table = arch_file.to_table()
     fixed = {"num_classes": num_classes} if num_classes else {}
@@ -155,7 +186,7 @@ def space_specs(
 
 
 def build_table(
-    specs: list[ArchSpec], device: str = "cpu", repeats: int = 20, warmup: int = 5, progress: Any = None
+    specs: list[ArchSpec], device: str = "cpu", *, repeats: int = 20, warmup: int = 5, progress: Any = None
 ) -> LatencyTable:
     """Measure every distinct unit of the specs once; calibrate the offset on a few whole networks."""
     import torch
@@ -171,7 +202,7 @@ def build_table(
     )
     for index, key in enumerate(keys):
         module, shape = _unit_module(key)
-        table.units[json.dumps(key)] = time_forward(module, shape, device, repeats, warmup)
+        table.units[json.dumps(key)] = time_forward(module, shape, device=device, repeats=repeats, warmup=warmup)
         if progress:
             progress(index + 1, len(keys))
     # A whole network differs from the sum of its units run alone (the forward wrapper; caches that
@@ -181,7 +212,7 @@ def build_table(
     picks = sorted({round(q * (len(by_sum) - 1)) for q in (0.0, 0.25, 0.5, 0.75, 1.0)})
     calibration = [by_sum[i] for i in picks]
     sums = [table.predict(s) for s in calibration]
-    wholes = [measure_latency_ms(s, device, repeats, warmup) for s in calibration]
+    wholes = [measure_latency_ms(s, device, repeats=repeats, warmup=warmup) for s in calibration]
     if len(calibration) >= 3 and max(sums) > 1.2 * min(sums):
         table.scale, table.offset_ms = (float(v) for v in statistics.linear_regression(sums, wholes))
     else:  # too few or too alike to fit a slope: offset only

@@ -19,6 +19,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from mbv2_search import optuna_private as private
+
 EXCLUDED = "excluded"  # user attr on trials that do not count: interrupted, stale, environment, surplus (reason)
 DUPLICATE = "duplicate_of"  # user attr on trials whose candidate an earlier trial evaluated (its number)
 WORKER = "worker"  # user attr: the process running the trial (host:pid-namespace:pid)
@@ -73,7 +75,9 @@ def candidate_key(params: dict[str, Any]) -> str:
     return json.dumps({k: round(v, 10) if isinstance(v, float) else v for k, v in params.items()}, sort_keys=True)
 
 
-def earlier_twin(study: optuna.Study, number: int, params: dict[str, Any], wait_seconds: float) -> FrozenTrial | None:
+def earlier_twin(
+    study: optuna.Study, number: int, *, params: dict[str, Any], wait_seconds: float
+) -> FrozenTrial | None:
     """The earliest counted trial before `number` with the same candidate, finished or running.
 
     Only earlier trials are looked at, so of two workers proposing one candidate at once exactly the
@@ -118,7 +122,7 @@ def _worker_gone(trial: FrozenTrial) -> bool:
     return False
 
 
-def requeue(study: optuna.Study, trial_id: int, reason: str) -> None:
+def requeue(study: optuna.Study, trial_id: int, *, reason: str) -> None:
     """Take a RUNNING trial out of the budget (excluded with the reason, FAIL) and queue its candidate again.
 
     Only a chosen candidate is queued again (its knobs, or the fixed ones of a retry or baseline): a
@@ -126,7 +130,7 @@ def requeue(study: optuna.Study, trial_id: int, reason: str) -> None:
     this worker or another: a process killed halfway (a second Ctrl-C) leaves a RUNNING trial that
     recover_stale finishes re-queueing, with one retry per trial.
     """
-    storage = study._storage
+    storage = private.storage_of(study)
     trial = storage.get_trial(trial_id)
     if trial.state != TrialState.RUNNING:  # finished meanwhile, or re-queued by another worker
         return
@@ -154,23 +158,22 @@ def recover_stale(study: optuna.Study, grace_seconds: float) -> list[int]:
             reason = "stale: its worker stopped sending heartbeats"
         else:
             continue
-        requeue(study, t._trial_id, reason)
+        requeue(study, private.trial_id(t), reason=reason)
         recovered.append(t.number)
     return recovered
 
 
-def requeue_worker(study: optuna.Study, pid: int, reason: str) -> list[int]:
+def requeue_worker(study: optuna.Study, pid: int, *, reason: str) -> list[int]:
     """Re-queue the RUNNING trials of one local worker process (the parent saw it exit)."""
     me = worker_id(pid)
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get(WORKER) == me:
-            requeue(study, t._trial_id, reason)
+            requeue(study, private.trial_id(t), reason=reason)
             out.append(t.number)
     return out
 
 
-def set_attrs(study: optuna.Study, trial_id: int, attrs: dict[str, Any]) -> None:
+def set_attrs(study: optuna.Study, trial_id: int, *, attrs: dict[str, Any]) -> None:
     """Write several user attributes of a trial."""
-    for key, value in attrs.items():
-        study._storage.set_trial_user_attr(trial_id, key, value)
+    private.set_trial_attrs(study, trial_id, attrs=attrs)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.ops import SqueezeExcitation
 
 from mbv2_search.arch import ArchSpec, Block
+from mbv2_search.layers import block_layers, layers
 
 
-def conv_bn_act(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+def conv_bn_act(cin: int, cout: int, *, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
     """Conv, BatchNorm, ReLU6: torchvision's Conv2dNormActivation layout (keys .0 and .1)."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
@@ -18,22 +20,35 @@ def conv_bn_act(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: i
 
 
 class InvertedResidual(nn.Module):
-    """Expansion 1x1, depthwise kxk, linear projection 1x1 (paper section 3.3, Table 1)."""
+    """Expansion 1x1, depthwise kxk, [squeeze-excite], linear projection 1x1 (paper section 3.3, Table 1).
+
+    Built from the block's layer description (layers.block_layers), the one the cost model sums.
+    """
 
     def __init__(self, block: Block, bottleneck_activation: str = "linear") -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        if block.expand:
-            layers.append(conv_bn_act(block.in_channels, block.hidden_channels, kernel=1))
-        hidden = block.hidden_channels
-        layers += [
-            conv_bn_act(hidden, hidden, block.kernel, block.stride, groups=hidden),
-            nn.Conv2d(hidden, block.out_channels, 1, bias=False),
-            nn.BatchNorm2d(block.out_channels),
-        ]
+        modules: list[nn.Module] = []
+        for layer in block_layers(block, prefix=""):
+            if layer.role in ("expand", "depthwise"):
+                modules.append(
+                    conv_bn_act(
+                        layer.in_channels,
+                        layer.out_channels,
+                        kernel=layer.kernel,
+                        stride=layer.stride,
+                        groups=layer.groups,
+                    )
+                )
+            elif layer.role == "se_reduce":  # ReLU, then a sigmoid gate (MobileNetV3 uses a hard sigmoid)
+                modules.append(SqueezeExcitation(layer.in_channels, layer.out_channels))
+            elif layer.role == "project":
+                modules += [
+                    nn.Conv2d(layer.in_channels, layer.out_channels, 1, bias=False),
+                    nn.BatchNorm2d(layer.out_channels),
+                ]
         if bottleneck_activation == "relu6":  # Fig. 6a ablation: non-linear bottleneck
-            layers.append(nn.ReLU6(inplace=True))
-        self.conv = nn.Sequential(*layers)
+            modules.append(nn.ReLU6(inplace=True))
+        self.conv = nn.Sequential(*modules)
         self.use_res_connect = block.residual
         self.expand = block.expand
         self.expansion_residual = block.expansion_residual
@@ -61,11 +76,16 @@ class MobileNetV2(nn.Module):
     def __init__(self, spec: ArchSpec) -> None:
         super().__init__()
         self.spec = spec
-        features: list[nn.Module] = [conv_bn_act(spec.in_channels, spec.stem_channels, 3, spec.stem_stride)]
+        described = layers(spec)  # the cost model's description: stem first, head and classifier last
+        stem, head, classifier = described[0], described[-2], described[-1]
+        features: list[nn.Module] = [
+            conv_bn_act(stem.in_channels, stem.out_channels, kernel=stem.kernel, stride=stem.stride)
+        ]
         features += [InvertedResidual(block, spec.bottleneck_activation) for block in spec.blocks]
-        features.append(conv_bn_act(spec.blocks[-1].out_channels, spec.head_channels, kernel=1))
+        features.append(conv_bn_act(head.in_channels, head.out_channels, kernel=1))
         self.features = nn.Sequential(*features)
-        self.classifier = nn.Sequential(nn.Dropout(p=spec.dropout), nn.Linear(spec.head_channels, spec.num_classes))
+        linear = nn.Linear(classifier.in_channels, classifier.out_channels)
+        self.classifier = nn.Sequential(nn.Dropout(p=spec.dropout), linear)
         self._init_weights()
 
     def _init_weights(self) -> None:

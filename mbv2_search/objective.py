@@ -12,8 +12,8 @@ import optuna
 
 from mbv2_search import __version__, ledger, space
 from mbv2_search.arch import ArchSpec, build_spec
-from mbv2_search.config import DATASET_CLASSES
 from mbv2_search.cost import costs
+from mbv2_search.datasets import DATASETS
 from mbv2_search.search import Context
 
 
@@ -58,21 +58,25 @@ class Evaluator:
 
         if resolution not in self._data:
             config = self.ctx.study.data
-            self._data = {resolution: load_dataset(config.dataset, resolution, self.device, config.dir, config.workers)}
+            self._data = {
+                resolution: load_dataset(
+                    config.dataset, resolution, device=self.device, data_dir=config.dir, workers=config.workers
+                )
+            }
         return self._data[resolution]
 
     def candidate(self, trial: optuna.Trial) -> tuple[ArchSpec, int]:
         """The trial's architecture and training seed; raises DuplicateCandidate for a repeated one."""
         study = self.ctx.study
         knobs = space.suggest_knobs(trial, self.ctx.arch_file)
-        seed = space.suggest_seed(trial, self.ctx.arch_file, study.training.seed)
+        seed = space.suggest_seed(trial, self.ctx.arch_file, default=study.training.seed)
         trial.set_user_attr(ledger.CANDIDATE, ledger.candidate_key(trial.params))
         wait = 3 * study.heartbeat_seconds * ledger.SAMPLING_GRACE  # until an earlier trial's sampler is done or stale
-        twin = ledger.earlier_twin(trial.study, trial.number, trial.params, wait)
+        twin = ledger.earlier_twin(trial.study, trial.number, params=trial.params, wait_seconds=wait)
         if twin is not None:  # samplers re-propose points; parallel workers propose the same ones
             raise DuplicateCandidate(twin.number)
         # the class count without loading data where it is known: infeasible candidates load nothing
-        classes = DATASET_CLASSES.get(study.data.dataset) or self._dataset(knobs.resolution).num_classes
+        classes = DATASETS[study.data.dataset].classes or self._dataset(knobs.resolution).num_classes
         return build_spec(replace(knobs, num_classes=classes), self.ctx.arch_file.to_table()), seed
 
     def measure(self, spec: ArchSpec, cost: Any) -> tuple[dict[str, float], str | None]:
@@ -92,7 +96,9 @@ class Evaluator:
             measured["latency_ms"] = lookup.predict(spec)
             return measured, "predicted"
         # no table, or it lacks a unit of this candidate: measure the whole network
-        measured["latency_ms"] = measure_latency_ms(spec, str(self.device), study.latency.repeats, study.latency.warmup)
+        measured["latency_ms"] = measure_latency_ms(
+            spec, str(self.device), repeats=study.latency.repeats, warmup=study.latency.warmup
+        )
         return measured, "measured"
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
@@ -118,7 +124,7 @@ class Evaluator:
             feasible &= measured[name] <= bound
         attrs["feasible"] = feasible
         if not feasible:  # known before building anything: never trained
-            ledger.set_attrs(trial.study, trial._trial_id, {**attrs, "trained": False})
+            ledger.set_attrs(trial.study, trial._trial_id, attrs={**attrs, "trained": False})
             return values(study.objectives, 0.0, measured)
         return self._train(trial, spec, seed, measured, attrs)
 
@@ -168,7 +174,7 @@ class Evaluator:
             fvcore_madds=counted.madds,
             fvcore_by_operator=counted.by_operator,
         )
-        ledger.set_attrs(trial.study, trial._trial_id, attrs)
+        ledger.set_attrs(trial.study, trial._trial_id, attrs=attrs)
         if pruner is not None and pruner.stopped_at is not None:
             trial.set_user_attr("prune_reason", pruner.reason)
             raise optuna.TrialPruned(pruner.reason)

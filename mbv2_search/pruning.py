@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 import pytorch_lightning as pl
 
-from mbv2_search.config import PruningModel
+from mbv2_search.study import PruningModel
 
 
 def rung_key(epoch: int) -> str:

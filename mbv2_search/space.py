@@ -7,10 +7,12 @@ from typing import Any
 
 import optuna
 
-from mbv2_search.arch import Knobs
 from mbv2_search.config import ArchFile, Range
+from mbv2_search.knobs import SEARCHABLE, Knobs
 
-INT_KNOBS = ("resolution", "kernels", "stem_stride", "seed")
+
+def _is_int(knob: str) -> bool:
+    return SEARCHABLE[knob].kind is int
 
 
 def param_names(arch_file: ArchFile) -> list[str]:
@@ -24,7 +26,7 @@ def param_names(arch_file: ArchFile) -> list[str]:
 def _suggest(trial: optuna.Trial, name: str, knob: str, values: Range) -> Any:
     if values.choices is not None:
         return trial.suggest_categorical(name, values.choices)
-    if knob in INT_KNOBS:
+    if _is_int(knob):
         return trial.suggest_int(name, int(values.low), int(values.high), step=int(values.step or 1), log=values.log)
     return trial.suggest_float(name, values.low, values.high, step=values.step, log=values.log)
 
@@ -41,7 +43,7 @@ def suggest_knobs(trial: optuna.Trial, arch_file: ArchFile) -> Knobs:
     return arch_file.knobs.to_knobs(**varied)
 
 
-def suggest_seed(trial: optuna.Trial, arch_file: ArchFile, default: int) -> int:
+def suggest_seed(trial: optuna.Trial, arch_file: ArchFile, *, default: int) -> int:
     """The training seed: varied when the space lists `seed`, else the study's."""
     values = arch_file.vary.get("seed")
     return int(_suggest(trial, "seed", "seed", values)) if values else default
@@ -58,19 +60,19 @@ def grid(arch_file: ArchFile) -> dict[str, list[Any]]:
     for knob, values in arch_file.vary.items():
         if values.choices is not None:
             points = list(values.choices)
-        elif values.step is None and knob not in INT_KNOBS:
+        elif values.step is None and not _is_int(knob):
             raise ValueError(f"vary.{knob}: the grid sampler needs choices: or a step:")
         else:
             step = values.step or 1
             count = int(round((values.high - values.low) / step)) + 1
             points = [values.low + i * step for i in range(count)]
-            points = [int(p) for p in points] if knob in INT_KNOBS else [round(p, 10) for p in points]
+            points = [int(p) for p in points] if _is_int(knob) else [round(p, 10) for p in points]
         names = [f"{knob}_{i}" for i in range(len(arch_file.table.rows))] if values.per_row else [knob]
         out.update({name: points for name in names})
     return out
 
 
-def contains(arch_file: ArchFile, name: str, value: Any) -> bool:
+def contains(arch_file: ArchFile, name: str, *, value: Any) -> bool:
     """Whether a parameter value lies in the space (for baselines)."""
     knob = name.rsplit("_", 1)[0] if name not in arch_file.vary else name
     values = arch_file.vary.get(knob)
@@ -81,31 +83,36 @@ def contains(arch_file: ArchFile, name: str, value: Any) -> bool:
     return isinstance(value, (int, float)) and values.low <= value <= values.high
 
 
-CATEGORICAL_KNOBS = ("bottleneck_activation", "shortcut", "head_rule", "stem_stride")
-
-
 def cheapest_knobs(arch_file: ArchFile, **fixed: Any) -> list[Knobs]:
-    """The smallest numeric value of every varied knob, once per combination of the categorical ones.
+    """Candidates among which the least cost of the space lies, for checking constraints before any trial.
 
-    MAdds, parameters and activation memory never decrease as width, resolution, expansion, depth
-    or kernel size grow (make_divisible and 'SAME' sizes are monotone), so the least cost in the
-    space is among these candidates: constraints can be checked before any trial.
+    MAdds, parameters and activation memory never decrease as a knob declared `cost="rises"` grows
+    (make_divisible and 'SAME' sizes are monotone), so those take their least value; the others (strides,
+    categorical choices) take every value in every combination.
     """
     import itertools
 
     least: dict[str, Any] = {}
-    categorical: dict[str, list[Any]] = {}
+    spread: dict[str, list[Any]] = {}
     for knob, values in arch_file.vary.items():
+        info = SEARCHABLE[knob]
         if knob == "seed":
             continue
-        options = values.choices if values.choices is not None else [values.low]
-        if knob in CATEGORICAL_KNOBS:
-            categorical[knob] = list(options)
-            continue
-        value = int(min(options)) if knob in INT_KNOBS else min(options)  # YAML ranges read as floats
-        least[knob] = tuple([value] * len(arch_file.table.rows)) if values.per_row else value
-    combos = [dict(zip(categorical, combo)) for combo in itertools.product(*categorical.values())]
+        options = values.choices if values.choices is not None else _range_ends(knob, values)
+        rows = len(arch_file.table.rows) if values.per_row else 1
+        if info.cost == "rises":
+            value = int(min(options)) if info.kind is int else min(options)  # YAML ranges read as floats
+            least[knob] = tuple([value] * rows) if values.per_row else value
+        else:
+            combos = itertools.product(options, repeat=rows)
+            spread[knob] = [c if values.per_row else c[0] for c in combos]
+    combos = [dict(zip(spread, combo)) for combo in itertools.product(*spread.values())]
     return [arch_file.knobs.to_knobs(**least, **combo, **fixed) for combo in combos]
+
+
+def _range_ends(knob: str, values: Range) -> list[Any]:
+    ends = [values.low, values.high] if values.low != values.high else [values.low]
+    return [int(e) for e in ends] if _is_int(knob) else ends
 
 
 def grid_or_none(arch_file: ArchFile) -> dict[str, list[Any]] | None:
@@ -116,7 +123,9 @@ def grid_or_none(arch_file: ArchFile) -> dict[str, list[Any]] | None:
         return None
 
 
-def unseen_point(arch_file: ArchFile, seen: set[str], rng: random.Random, tries: int = 1000) -> dict[str, Any] | None:
+def unseen_point(
+    arch_file: ArchFile, seen: set[str], *, rng: random.Random, tries: int = 1000
+) -> dict[str, Any] | None:
     """A random point of a finite space whose candidate key is not in `seen` (None if none was found)."""
     from mbv2_search.ledger import candidate_key
 

@@ -19,9 +19,10 @@ import optuna
 from optuna.trial import TrialState
 
 from mbv2_search import ledger, space
-from mbv2_search.arch import ArchError
 from mbv2_search.interrupts import Interrupted, SignalGuard
-from mbv2_search.search import Context, load_context, open_study, space_size
+from mbv2_search.knobs import ArchError
+from mbv2_search.search import Context, load_context, space_size
+from mbv2_search.storage import open_study
 
 
 class Heartbeat:
@@ -78,6 +79,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, **outcome: Any) -> None:
 def run_trial(
     study: optuna.Study,
     trial: optuna.Trial,
+    *,
     evaluate: Callable,
     guard: SignalGuard,
     report: WorkerReport,
@@ -108,7 +110,7 @@ def run_trial(
     except BaseException as err:  # a signal, the data, the disk, the storage, a bug: never counted, run again
         why = f"interrupted by {err}" if isinstance(err, Interrupted) else f"{type(err).__name__}: {err}"
         with contextlib.suppress(Exception):  # the storage may be what failed; then the trial goes stale
-            ledger.requeue(study, trial._trial_id, f"{why}; it runs again on resume")
+            ledger.requeue(study, trial._trial_id, reason=f"{why}; it runs again on resume")
         raise
     else:
         _tell(study, trial, values=values)
@@ -122,7 +124,7 @@ def run_trial(
 def _nudge(ctx: Context, study: optuna.Study, number: int) -> None:
     """After repeated duplicates, queue a candidate nobody has evaluated (finite spaces; seeded by trial number)."""
     seen = {ledger.candidate_key(t.params) for t in study.get_trials(deepcopy=False) if ledger.counted(t)}
-    point = space.unseen_point(ctx.arch_file, seen, random.Random(f"{ctx.study.sampler.seed}-{number}"))
+    point = space.unseen_point(ctx.arch_file, seen, rng=random.Random(f"{ctx.study.sampler.seed}-{number}"))
     if point is not None:
         study.enqueue_trial(point, user_attrs={"queued_after_duplicates": True})
 
@@ -182,11 +184,11 @@ def work(
             earlier = ledger.budget(study.get_trials(deepcopy=False), below=trial.number)
             if earlier.done + earlier.running >= n_trials:
                 # other workers took the last slots between our count and our ask: give this one back
-                ledger.requeue(study, trial._trial_id, "surplus: earlier trials hold every slot of n_trials")
+                ledger.requeue(study, trial._trial_id, reason="surplus: earlier trials hold every slot of n_trials")
                 continue
             if on_event:
                 on_event("start", trial)
-            run_trial(study, trial, evaluate, guard, report, beat)
+            run_trial(study, trial, evaluate=evaluate, guard=guard, report=report, heartbeat_seconds=beat)
             if on_event:
                 on_event("end", study._storage.get_trial(trial._trial_id))
     return report
@@ -196,7 +198,7 @@ def _worker_process(path: str, storage_url: str, reports_root: str, device: str,
     """Entry point of a spawned worker: its parent turns Ctrl-C into SIGTERM for it; exit codes tell the parent why."""
     from mbv2_search.errors import environment_message
 
-    ctx = load_context(path, storage_url, reports_root)
+    ctx = load_context(path, storage_url, reports_root=reports_root)
     threading.Thread(target=_follow_parent, args=(os.getppid(),), daemon=True).start()
     try:
         work(ctx, device=device, threads=threads)  # SIGINT stays ignored, inherited from start_worker
@@ -226,7 +228,7 @@ def worker_devices(device: str, workers: int) -> list[str]:
     return [device if device != "auto" else "cpu"] * workers
 
 
-def start_worker(ctx: Context, device: str, threads: int, reports_root: str | Path) -> multiprocessing.Process:
+def start_worker(ctx: Context, device: str, *, threads: int, reports_root: str | Path) -> multiprocessing.Process:
     """Spawn one worker process; it starts with SIGINT ignored (inherited), so only its parent decides."""
     process = multiprocessing.get_context("spawn").Process(
         target=_worker_process, args=(str(ctx.path), ctx.storage_url, str(reports_root), device, threads)
@@ -239,14 +241,14 @@ def start_worker(ctx: Context, device: str, threads: int, reports_root: str | Pa
     return process
 
 
-def start_workers(ctx: Context, workers: int, reports_root: str | Path = "reports") -> list[multiprocessing.Process]:
+def start_workers(ctx: Context, workers: int, *, reports_root: str | Path = "reports") -> list[multiprocessing.Process]:
     """Spawn local worker processes that split the CPU cores (or take one GPU each)."""
     from mbv2_search.train import available_cores
 
     open_study(ctx)  # create it once, before workers race to
     threads = max(1, available_cores() // workers)
     return [
-        start_worker(ctx, device, threads, reports_root)
+        start_worker(ctx, device, threads=threads, reports_root=reports_root)
         for device in worker_devices(ctx.study.training.device, workers)
     ]
 
@@ -258,8 +260,8 @@ def _exit_reason(code: int) -> str:
 def supervise(
     ctx: Context,
     workers: int,
-    reports_root: str | Path = "reports",
     *,
+    reports_root: str | Path = "reports",
     on_tick: Callable[[], None] | None = None,
     on_note: Callable[[str], None] = print,
 ) -> tuple[list[str], str]:
@@ -276,7 +278,10 @@ def supervise(
 
     study = open_study(ctx)
     threads = max(1, available_cores() // workers)
-    alive = {start_worker(ctx, d, threads, reports_root): d for d in worker_devices(ctx.study.training.device, workers)}
+    alive = {
+        start_worker(ctx, d, threads=threads, reports_root=reports_root): d
+        for d in worker_devices(ctx.study.training.device, workers)
+    }
     replaced, started = 0, time.time()
     with SignalGuard() as guard:
         try:
@@ -287,11 +292,11 @@ def supervise(
                     if code == 0:
                         continue
                     what = f"worker {process.pid} {_exit_reason(code)}"
-                    lost = ledger.requeue_worker(study, process.pid, what)
+                    lost = ledger.requeue_worker(study, process.pid, reason=what)
                     on_note(what + (f"; trial {', '.join(map(str, lost))} will run again" if lost else ""))
                     if (code < 0 or code in (130, 143)) and replaced < workers:
                         replaced += 1
-                        alive[start_worker(ctx, device, threads, reports_root)] = device
+                        alive[start_worker(ctx, device, threads=threads, reports_root=reports_root)] = device
                     else:
                         _stop_all(study, list(alive))
                         return [what], ""
@@ -316,4 +321,4 @@ def _stop_all(study: optuna.Study, processes: list[multiprocessing.Process]) -> 
             process.kill()
             process.join()
         with contextlib.suppress(Exception):
-            ledger.requeue_worker(study, process.pid, "interrupted: its worker was stopped")
+            ledger.requeue_worker(study, process.pid, reason="interrupted: its worker was stopped")

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from mbv2_search.arch import Knobs
+from mbv2_search.knobs import Knobs
 
 
 def random_knobs(rng: random.Random, **fixed: object) -> Knobs:
@@ -29,6 +29,13 @@ def random_knobs(rng: random.Random, **fixed: object) -> Knobs:
         "convention": rng.choice(["torchvision", "tf-slim", "timm"]),
         "head_rule": rng.choice(["keep", "scale"]),
         "fix_stem_head": rng.random() < 0.2,
+        "row_widths": rng.choice(
+            [None, rng.choice([0.5, 1.5]), tuple(rng.choice([0.5, 0.75, 1.0, 1.5]) for _ in range(7))]
+        ),
+        "repeats": rng.choice([None, rng.choice([1, 2]), tuple(rng.choice([1, 2, 3, 4]) for _ in range(7))]),
+        "se_ratio": rng.choice([0.0, 0.0, 0.125, 0.25]),
+        "bottleneck_activation": rng.choice(["linear", "relu6"]),
+        "shortcut": rng.choice(["bottleneck", "bottleneck", "expansion", "none"]),
     }
     values.update(fixed)
     return Knobs(**values)

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from mbv2_search.arch import MOBILENET_V2, ArchError, Knobs, Row, Table, build_spec, make_divisible, scaled_repeats
+from mbv2_search.arch import MOBILENET_V2, Row, Table, build_spec, make_divisible, scaled_repeats
+from mbv2_search.knobs import ArchError, Knobs
 
 
 @pytest.mark.parametrize(
@@ -59,8 +60,8 @@ def test_head_rules():
 
 
 def test_depth_multiplier_rounding_and_fixed_ends():
-    assert scaled_repeats(3, 0.5, "ceil") == 2 and scaled_repeats(3, 0.5, "round") == 2
-    assert scaled_repeats(4, 0.3, "round") == 1 and scaled_repeats(1, 0.1, "ceil") == 1
+    assert scaled_repeats(3, 0.5, rounding="ceil") == 2 and scaled_repeats(3, 0.5, rounding="round") == 2
+    assert scaled_repeats(4, 0.3, rounding="round") == 1 and scaled_repeats(1, 0.1, rounding="ceil") == 1
     repeats = lambda spec: [sum(b.row == r for b in spec.blocks) for r in range(7)]  # noqa: E731
     assert repeats(build_spec(Knobs(depth=2.0))) == [2, 4, 6, 8, 6, 6, 2]
     assert repeats(build_spec(Knobs(depth=2.0, fix_first_last=True))) == [1, 4, 6, 8, 6, 6, 1]

@@ -20,7 +20,9 @@ from mbv2_search import ledger
 from mbv2_search.cli import main
 from mbv2_search.export import export_trial
 from mbv2_search.interrupts import Interrupted
-from mbv2_search.search import load_context, open_study, trial_seed
+from mbv2_search.sampler import trial_seed
+from mbv2_search.search import load_context
+from mbv2_search.storage import open_study
 from mbv2_search.workers import work
 from tests.test_search import SPACE, context, write_study
 
@@ -109,9 +111,9 @@ def test_a_candidate_being_chosen_by_an_earlier_trial_is_waited_for(tmp_path):
     assert second.params == first.params
     threading.Timer(0.3, lambda: first.set_user_attr(ledger.CANDIDATE, "chosen")).start()
     start = time.monotonic()
-    twin = ledger.earlier_twin(study, second.number, second.params, wait_seconds=10)
+    twin = ledger.earlier_twin(study, second.number, params=second.params, wait_seconds=10)
     assert twin is not None and twin.number == first.number and time.monotonic() - start >= 0.25
-    assert ledger.earlier_twin(study, first.number, first.params, wait_seconds=10) is None  # never the later one
+    assert ledger.earlier_twin(study, first.number, params=first.params, wait_seconds=10) is None  # never the later one
 
 
 def test_a_dead_local_worker_is_recovered_at_once(tmp_path):
@@ -167,11 +169,11 @@ def test_every_image_of_a_small_folder_is_opened_before_a_run(tmp_path, capsys):
 def test_a_trial_stopped_while_its_sampler_chose_is_not_queued_again(tmp_path):
     study = open_study(context(tmp_path, sampler={"name": "grid"}))
     choosing = study.ask()  # interrupted inside ask(): no knobs chosen yet
-    ledger.requeue(study, choosing._trial_id, "interrupted by SIGINT; it runs again on resume")
+    ledger.requeue(study, choosing._trial_id, reason="interrupted by SIGINT; it runs again on resume")
     trials = study.get_trials()
     assert len(trials) == 1 and trials[0].state == TrialState.FAIL  # no empty retry the grid sampler would refuse
     baseline = study.enqueue_trial({"width": 1.0, "resolution": 12, "expansion": 4}) or study.ask()
-    ledger.requeue(study, baseline._trial_id, "interrupted by SIGTERM; it runs again on resume")
+    ledger.requeue(study, baseline._trial_id, reason="interrupted by SIGTERM; it runs again on resume")
     retry = study.get_trials()[-1]
     assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == baseline.number
 
@@ -298,7 +300,7 @@ def test_a_moved_study_still_exports_its_weights(tmp_path, capsys):
     trials = open_study(moved).get_trials()
     trained = next(t for t in trials if t.user_attrs.get("trained"))
     assert not trained.user_attrs["checkpoint"].startswith("/")
-    written = export_trial(moved, trained.number, tmp_path / "out")
+    written = export_trial(moved, trained.number, out_dir=tmp_path / "out")
     assert torch.load(written["weights"], weights_only=True)
     assert trials[1].user_attrs["feasible"] is False
     code, _, err = run_cli(capsys, "export", path, "--reports", str(tmp_path / "elsewhere"), "--trial", "1")
@@ -346,7 +348,7 @@ def test_a_trial_taken_over_as_stale_is_left_to_its_retry(tmp_path, monkeypatch)
         if len(calls) == 1:  # meanwhile another worker decided our heartbeat was stale and re-queued us
             study = open_study(ctx)
             mine = study.get_trials()[0]
-            ledger.requeue(study, mine._trial_id, "stale: its worker stopped sending heartbeats")
+            ledger.requeue(study, mine._trial_id, reason="stale: its worker stopped sending heartbeats")
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "train", looked_stale_once)

@@ -49,8 +49,32 @@ def test_cost_fvcore_json_agrees(capsys):
         "10",
     )
     payload = json.loads(out)
-    assert code == 0 and payload["fvcore"]["madds"] == payload["madds"]
+    assert code == 0 and payload["fvcore"]["madds"] == payload["madds"] == payload["fvcore_madds"]
+    assert payload["module_params"] == payload["params"] + (0 if payload["bn_params_counted"] else payload["bn_params"])
     assert payload["fvcore"]["by_operator"]["batch_norm"] > 0
+
+
+def test_cost_with_per_row_knobs_and_squeeze_excite_equals_fvcore(capsys):
+    argv = ["cost", "--json", "--fvcore", "--resolution", "64", "--row-widths", "1,1,1,1.5,1,0.5,1"]
+    code, out, _ = run(capsys, *argv, "--repeats", "1,2,2,3,2,2,1", "--strides", "1", "--se-ratio", "0.25")
+    payload = json.loads(out)
+    assert code == 0 and payload["madds"] == payload["fvcore_madds"] and payload["module_params"] == payload["params"]
+    assert payload["knobs"]["repeats"] == [1, 2, 2, 3, 2, 2, 1] and payload["knobs"]["strides"] == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--repeats", "1,2"], "--repeats: got [1, 2]; allowed: 7 values, one per row"),
+        (["--row-widths", "1,x"], "--row-widths: got '1,x'; allowed: comma-separated numbers"),
+        (["--repeats", "1.5"], "--repeats: got '1.5'; allowed: comma-separated integers"),
+        (["--se-ratio", "2"], "--se-ratio: got 2.0; allowed: a number in [0, 1]"),
+        (["--strides", "1,1,3,2,1,2,1"], "--strides[2]: got 3; allowed: 1 or 2"),
+    ],
+)
+def test_new_knob_flags_refuse_bad_values_in_one_line(capsys, argv, needle):
+    code, out, err = run(capsys, "cost", *argv)
+    assert code == 2 and out == "" and needle in err and len(err.strip().splitlines()) == 1
 
 
 def test_every_knob_is_a_flag(capsys):
@@ -102,7 +126,7 @@ def test_every_knob_is_a_flag(capsys):
         (["cost", "--strides", "1,2"], "--strides"),
         (["cost", "--expansion", "x"], "--expansion: got 'x'"),
         (["cost", "--convention", "keras"], "'keras' is not one of"),
-        (["cost", "--widht", "1"], "Did you mean '--width'"),
+        (["cost", "--widht", "1"], "'--width'?"),
         (["cost", "--table", "missing.yaml"], "missing.yaml: no such file"),
     ],
 )

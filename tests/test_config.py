@@ -5,9 +5,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mbv2_search.config import ConfigError, load_arch_file, load_study, read_yaml
-from mbv2_search.search import load_context, make_sampler
+from mbv2_search.config import load_arch_file
+from mbv2_search.sampler import make_sampler
+from mbv2_search.schema import ConfigError, read_yaml
+from mbv2_search.search import load_context
 from mbv2_search.space import grid
+from mbv2_search.study import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +71,10 @@ def test_directory_and_missing_file(tmp_path):
         ("knobs: {width: 0}", "knobs.width: got 0"),
         ("knobs: {widht: 1}", "knobs.widht: unknown key 'widht'; did you mean 'width'?"),
         ("vary: {width: {low: 2, high: 1}}", "vary.width: low 2.0 is above high 1.0"),
-        ("vary: {depth: {choices: [1], per_row: true}}", "per_row is allowed only for expansion, kernels"),
+        (
+            "vary: {depth: {choices: [1], per_row: true}}",
+            "per_row is allowed only for expansion, strides, kernels, row_widths, repeats",
+        ),
         ("knobs: {resolution: 16}", "knobs.resolution: got 16; allowed: >= 17"),
         ("knobs: {width: 0.01}", None),  # rounds up to 8 channels: valid, never zero
     ],

@@ -13,7 +13,8 @@ import pytest
 from optuna.trial import TrialState
 
 from mbv2_search.ledger import CANDIDATE, EXCLUDED, counts
-from mbv2_search.search import load_context, open_study
+from mbv2_search.search import load_context
+from mbv2_search.storage import open_study
 from mbv2_search.workers import work
 from tests.test_search import write_study
 
@@ -39,7 +40,7 @@ def test_sigkill_mid_trial_then_resume(tmp_path, storage):
     name = f"crash-{uuid.uuid4().hex[:8]}"
     path = write_study(tmp_path, name=name, n_trials=4, training={"epochs": 4, "batch_size": 256, "device": "cpu"})
     reports = tmp_path / "reports"
-    ctx = load_context(path, storage, reports)
+    ctx = load_context(path, storage, reports_root=reports)
     command = [sys.executable, "-m", "mbv2_search", "worker", path, "--reports", str(reports)] + (
         ["--storage", storage] if storage else []
     )

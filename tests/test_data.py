@@ -28,8 +28,8 @@ def write_cifar(root, name="cifar10", n=20):
 
 
 def test_digits_split_is_fixed_and_resized():
-    a = load_dataset("digits", 16, CPU)
-    b = load_dataset("digits", 16, CPU)
+    a = load_dataset("digits", 16, device=CPU)
+    b = load_dataset("digits", 16, device=CPU)
     assert (len(a.train), len(a.val), len(a.test)) == (1257, 270, 270)
     assert a.train.images.shape[1:] == (1, 16, 16) and torch.equal(a.val.labels, b.val.labels)
     x, y = next(iter(a.loader("train", 32, train=True, seed=1)))
@@ -37,12 +37,14 @@ def test_digits_split_is_fixed_and_resized():
 
 
 def test_cifar_folder_loads_with_flip_and_translate(tmp_path):
-    data = load_dataset("cifar10", 24, CPU, write_cifar(tmp_path))
+    data = load_dataset("cifar10", 24, device=CPU, data_dir=write_cifar(tmp_path))
     assert data.num_classes == 10 and data.flip and data.train.images.dtype == torch.uint8
     assert len(data.train) + len(data.val) == 100 and len(data.test) == 20
     x, _ = next(iter(data.loader("train", 8, train=True, channels_last=True)))
     assert x.shape == (8, 3, 24, 24) and x.is_contiguous(memory_format=torch.channels_last)
-    assert load_dataset("cifar100", 32, CPU, write_cifar(tmp_path / "c100", "cifar100")).num_classes == 100
+    assert (
+        load_dataset("cifar100", 32, device=CPU, data_dir=write_cifar(tmp_path / "c100", "cifar100")).num_classes == 100
+    )
 
 
 @pytest.mark.parametrize(
@@ -62,12 +64,12 @@ def test_cifar_folder_loads_with_flip_and_translate(tmp_path):
 def test_cifar_errors_say_what_is_expected_where(tmp_path, damage, needle):
     damage(tmp_path)
     with pytest.raises(DataError, match=needle):
-        load_dataset("cifar10", 32, CPU, tmp_path)
+        load_dataset("cifar10", 32, device=CPU, data_dir=tmp_path)
 
 
 def test_cifar_needs_a_folder():
     with pytest.raises(DataError, match="pass --data-dir"):
-        load_dataset("cifar10", 32, CPU, None)
+        load_dataset("cifar10", 32, device=CPU, data_dir=None)
 
 
 def test_image_folder(tmp_path):
@@ -78,7 +80,7 @@ def test_image_folder(tmp_path):
                 Image.fromarray(np.full((40, 30, 3), 40 * i, dtype=np.uint8)).save(
                     tmp_path / split / label / f"{i}.png"
                 )
-    data = load_dataset("imagefolder", 16, CPU, tmp_path, workers=0)
+    data = load_dataset("imagefolder", 16, device=CPU, data_dir=tmp_path, workers=0)
     assert data.num_classes == 2
     x, y = next(iter(data.loader("train", 4, train=True)))
     assert x.shape == (4, 3, 16, 16)
@@ -86,13 +88,13 @@ def test_image_folder(tmp_path):
     assert x.shape == (6, 3, 16, 16) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
     (tmp_path / "val" / "dog").rename(tmp_path / "val" / "bird")
     with pytest.raises(DataError, match="must match"):
-        load_dataset("imagefolder", 16, CPU, tmp_path)
+        load_dataset("imagefolder", 16, device=CPU, data_dir=tmp_path)
 
 
 def test_random_translate_moves_content_within_bounds():
     batch = torch.zeros(64, 1, 9, 9)
     batch[:, :, 4, 4] = 1.0
-    moved = random_translate(batch, 2, torch.Generator().manual_seed(0))
+    moved = random_translate(batch, 2, generator=torch.Generator().manual_seed(0))
     positions = moved[:, 0].flatten(1).argmax(1)
     rows, cols = positions // 9, positions % 9
     assert moved.sum() == 64  # nothing lost: the dot moves at most 2 pixels

@@ -71,7 +71,7 @@ CASES = {
     "low above high": (space_with(vary={"width": {"low": 1.0, "high": 0.5}}), "low 1.0 is above high 0.5"),
     "per_row on width": (
         space_with(vary={"width": {"choices": [1.0], "per_row": True}}),
-        "per_row is allowed only for expansion, kernels",
+        "per_row is allowed only for expansion, strides, kernels, row_widths, repeats",
     ),
     "unknown varied knob": (
         space_with(vary={"widht": {"choices": [1.0]}}),

@@ -5,11 +5,13 @@ import json
 import pytest
 import yaml
 
-from mbv2_search.arch import Knobs, build_spec
+from mbv2_search.arch import build_spec
 from mbv2_search.cli import main
 from mbv2_search.config import ArchFile
+from mbv2_search.knobs import Knobs
 from mbv2_search.latency import LatencyTable, build_table, space_specs, unit_keys
-from mbv2_search.search import load_context, open_study
+from mbv2_search.search import load_context
+from mbv2_search.storage import open_study
 from mbv2_search.workers import work
 from tests.test_search import SPACE, write_study
 
@@ -53,3 +55,26 @@ def test_latency_table_command_and_predicted_latency_in_a_study(tmp_path, capsys
     work(ctx)
     trials = open_study(ctx).get_trials()
     assert all(t.user_attrs["latency_source"] == "predicted" and t.user_attrs["latency_ms"] > 0 for t in trials)
+
+
+def test_unit_keys_carry_every_structural_block_field():
+    """A shortcut between expansions or a squeeze-excite makes a different unit (it costs time)."""
+    plain = unit_keys(build_spec(Knobs(resolution=32)))
+    carried = unit_keys(build_spec(Knobs(resolution=32, shortcut="expansion")))
+    excited = unit_keys(build_spec(Knobs(resolution=32, se_ratio=0.25)))
+    assert plain != carried and plain != excited and carried != excited
+    assert {k for k in excited if k[0] == "block"}.isdisjoint({k for k in plain if k[0] == "block"})
+
+
+def test_tables_written_with_the_old_positional_keys_still_predict(tmp_path):
+    spec = build_spec(Knobs(width=0.35, resolution=32, num_classes=10))
+    old_units = {}
+    for key in unit_keys(spec):
+        if key[0] == "block":
+            b = dict(key[2])
+            key = ("block", b["in_size"], b["in_channels"], b["hidden_channels"], b["out_channels"], b["stride"],
+                   b["kernel"], b["expand"], b["residual"], key[1])  # fmt: skip
+        old_units[json.dumps(key)] = 1.0
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"device": "cpu", "hardware": "x", "offset_ms": 0.5, "units": old_units}))
+    assert LatencyTable.load(path).predict(spec) == len(unit_keys(spec)) + 0.5

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torchvision
 
-from mbv2_search.arch import Knobs, build_spec
+from mbv2_search.arch import build_spec
+from mbv2_search.knobs import Knobs
 from mbv2_search.model import build_model
 
 

@@ -10,7 +10,8 @@ import pytest
 from optuna.trial import TrialState
 
 from mbv2_search.ledger import EXCLUDED, counts
-from mbv2_search.search import load_context, open_study
+from mbv2_search.search import load_context
+from mbv2_search.storage import open_study
 from mbv2_search.workers import start_workers
 from tests.test_search import SPACE, write_study
 
@@ -23,8 +24,8 @@ pytestmark = pytest.mark.skipif(
 
 def run_workers(tmp_path, workers, **changes):
     path = write_study(tmp_path, name=f"pg-{uuid.uuid4().hex[:8]}", **changes)
-    ctx = load_context(path, URL, tmp_path / "reports")
-    for process in start_workers(ctx, workers, tmp_path / "reports"):
+    ctx = load_context(path, URL, reports_root=tmp_path / "reports")
+    for process in start_workers(ctx, workers, reports_root=tmp_path / "reports"):
         process.join(timeout=600)
         assert process.exitcode == 0
     return ctx, open_study(ctx).get_trials()
@@ -75,7 +76,7 @@ def test_storage_going_away_mid_study_is_one_line_and_resumable(tmp_path):
         n_trials=4,
         training={"epochs": 3, "batch_size": 256, "device": "cpu"},
     )
-    ctx = load_context(path, URL, tmp_path / "reports")
+    ctx = load_context(path, URL, reports_root=tmp_path / "reports")
     command = [
         sys.executable,
         "-m",

@@ -130,7 +130,7 @@ def test_user_strings_are_escaped(tmp_path):
 
 
 def test_report_from_a_tiny_real_study(tmp_path):
-    from mbv2_search.search import open_study
+    from mbv2_search.storage import open_study
     from mbv2_search.workers import work
     from tests.test_search import context
 

@@ -18,7 +18,8 @@ from mbv2_search.export import export_trial
 from mbv2_search.interrupts import Interrupted
 from mbv2_search.ledger import EXCLUDED, counts
 from mbv2_search.model import build_model
-from mbv2_search.search import StudyMismatch, load_context, open_study
+from mbv2_search.search import load_context
+from mbv2_search.storage import StudyMismatch, open_study
 from mbv2_search.workers import start_workers, work
 
 SPACE = {
@@ -103,7 +104,7 @@ def test_resume_continues_without_redoing(tmp_path):
 
 def test_two_local_workers_reach_exactly_n_trials(tmp_path):
     ctx = context(tmp_path, n_trials=4)
-    for process in start_workers(ctx, 2, tmp_path / "reports"):
+    for process in start_workers(ctx, 2, reports_root=tmp_path / "reports"):
         process.join(timeout=300)
         assert process.exitcode == 0
     state = finished(ctx)
@@ -165,7 +166,7 @@ def test_baselines_run_first(tmp_path):
 def test_export_round_trips(tmp_path, capsys):
     ctx = context(tmp_path, n_trials=1)
     work(ctx)
-    written = export_trial(ctx, 0, tmp_path / "out")
+    written = export_trial(ctx, 0, out_dir=tmp_path / "out")
     arch_file = load_arch_file(written["table"])
     trial = open_study(ctx).get_trials()[0]
     from mbv2_search.arch import build_spec
@@ -238,7 +239,7 @@ def test_export_onnx_matches_pytorch(tmp_path):
 
     ctx = context(tmp_path, n_trials=1)
     work(ctx)
-    written = export_trial(ctx, 0, tmp_path / "out", onnx=True)
+    written = export_trial(ctx, 0, out_dir=tmp_path / "out", onnx=True)
     arch_file = load_arch_file(written["table"])
     from mbv2_search.arch import build_spec
 
@@ -277,7 +278,7 @@ def test_multi_objective_early_stopping_stops_dominated_trials(tmp_path):
 
 
 def test_pruning_rungs():
-    from mbv2_search.config import PruningModel
+    from mbv2_search.study import PruningModel
 
     assert PruningModel(min_epochs=1, reduction_factor=3).rungs(10) == [1, 3, 9]
     assert PruningModel(min_epochs=3, reduction_factor=3).rungs(10) == [3, 9]

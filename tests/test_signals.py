@@ -14,7 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from mbv2_search import ledger
-from mbv2_search.search import load_context, open_study
+from mbv2_search.search import load_context
+from mbv2_search.storage import open_study
 from tests.test_crash import storages, wait_for
 from tests.test_search import SPACE, write_study
 

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from mbv2_search.arch import Knobs, build_spec
+from mbv2_search.arch import build_spec
 from mbv2_search.data import load_dataset
+from mbv2_search.knobs import Knobs
 from mbv2_search.train import RECIPES, TrainingDiverged, WeightEMA, train
 
 SPEC = build_spec(
@@ -16,7 +17,7 @@ SPEC = build_spec(
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_dataset("digits", 16, torch.device("cpu"))
+    return load_dataset("digits", 16, device=torch.device("cpu"))
 
 
 def run(digits, tmp_path, **kwargs):
@@ -79,7 +80,7 @@ def test_recipes_scale_lr_with_batch():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
 def test_gpu_training_uses_bf16_and_channels_last(digits, tmp_path):
-    data = load_dataset("digits", 16, torch.device("cuda"))
+    data = load_dataset("digits", 16, device=torch.device("cuda"))
     result = train(
         SPEC, data, epochs=2, batch_size=128, recipe=RECIPES["fast"], seed=0, run_dir=tmp_path, device="cuda"
     )

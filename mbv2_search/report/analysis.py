@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mbv2_search.config import OBJECTIVES
+from mbv2_search.study import OBJECTIVES
 
 TRIAL_COLUMNS = (
     "val_acc",

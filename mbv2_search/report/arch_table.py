@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from mbv2_search.arch import ArchSpec
-from mbv2_search.cost import Layer, activation_table, layers
+from mbv2_search.cost import activation_table
+from mbv2_search.layers import Layer, layers
 
 
 def _cost(spec: ArchSpec, chosen: list[Layer]) -> tuple[int, int]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mbv2_search.arch import Knobs, build_spec
+from mbv2_search.arch import build_spec
 from mbv2_search.cost import costs
+from mbv2_search.knobs import Knobs
 from mbv2_search.reference import tf_slim_checkpoints, torchvision_params
 
 
@@ -84,7 +85,9 @@ def with_study(grid: pd.DataFrame, trials: pd.DataFrame) -> tuple[pd.DataFrame, 
     )
 
 
-def with_latency(grid: pd.DataFrame, latency_ms: dict[tuple[float, int], float], host: str) -> tuple[pd.DataFrame, str]:
+def with_latency(
+    grid: pd.DataFrame, latency_ms: dict[tuple[float, int], float], *, host: str
+) -> tuple[pd.DataFrame, str]:
     """Add this host's measured batch-1 latency beside the published Pixel-1 latency, with their rank correlation."""
     from mbv2_search.reference import tf_slim_checkpoints
     from mbv2_search.report.analysis import spearman

@@ -1,0 +1,180 @@
+"""Commands on a study: run, worker, status, export, report."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from mbv2_search.cli.app import UserError, cli, console
+from mbv2_search.cli.flags import no_study, stored_study, study_args, study_context
+from mbv2_search.cli.views import SearchProgress, print_status
+
+
+@cli.command()
+@study_args
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    help="Local worker processes (default: the study's workers:); they split the CPU cores or take one GPU each.",
+)
+def run(study_file: Path, storage: str | None, reports: Path, workers: int | None) -> None:
+    """Run a study to n_trials (resuming where it stopped), then print its Pareto front.
+
+    Exit codes: 0 complete (or the space exhausted), 1 a failure of the environment (data, disk,
+    storage) or a worker, 2 bad input, 3 trials left (timeout), 130 Ctrl-C, 143 SIGTERM; the running
+    trials of an interrupted run are run again when you resume.
+    """
+    from mbv2_search.search import check_data, finish_line
+    from mbv2_search.storage import StudyMismatch, open_study
+    from mbv2_search.workers import supervise, work
+
+    ctx = study_context(study_file, storage, reports)
+    check_data(ctx)
+    try:
+        study = open_study(ctx)
+    except StudyMismatch as err:
+        raise UserError(str(err)) from None
+    workers = workers or ctx.study.workers
+    view = SearchProgress(ctx, study)
+    stopped, failures = "", []
+    with view.progress, resumable():
+        view.refresh()
+        if workers == 1:
+            stopped = work(ctx, on_event=view.on_event).stopped
+        else:
+            failures, stopped = supervise(
+                ctx, workers, reports_root=reports, on_tick=view.refresh, on_note=console.print
+            )
+        view.refresh([])
+    print_status(ctx, study)
+    finish(*finish_line(ctx, study, stopped=stopped, failures=failures))
+
+
+@contextlib.contextmanager
+def resumable() -> Iterator[None]:
+    """An interruption of a search says that its running trials will run again."""
+    from mbv2_search.interrupts import Interrupted, ignore_signals
+
+    try:
+        yield
+    except Interrupted as err:
+        ignore_signals()
+        err.note = ": running trials will run again when you resume"
+        raise
+
+
+def finish(code: int, line: str) -> None:
+    """Print the run's closing line (if any) and exit with its code."""
+    if line:
+        click.echo(f"mbv2-search: {line}", err=True)
+    if code:
+        sys.exit(code)
+
+
+@cli.command()
+@study_args
+@click.option("--device", default=None, help="Training device for this worker (default: the study's training.device).")
+def worker(study_file: Path, storage: str | None, reports: Path, device: str | None) -> None:
+    """Join an existing study as one more worker (from another shell or machine); exit codes as for run."""
+    from mbv2_search.search import check_data, finish_line
+    from mbv2_search.storage import StudyMismatch, open_study
+    from mbv2_search.workers import work
+
+    ctx = study_context(study_file, storage, reports)
+    check_data(ctx)
+    try:
+        with resumable():
+            report = work(ctx, device=device or ctx.study.training.device)
+    except StudyMismatch as err:
+        raise UserError(str(err)) from None
+    console.print(
+        f"worker done: {report.ran} trials run, {report.failed} failed, {report.pruned} stopped early, "
+        f"{report.duplicates} duplicates skipped, {report.recovered} trials of stopped workers re-queued"
+    )
+    finish(*finish_line(ctx, open_study(ctx), stopped=report.stopped))
+
+
+@cli.command()
+@study_args
+def status(study_file: Path, storage: str | None, reports: Path) -> None:
+    """Counts by state, the infeasible fraction and the Pareto front of a study."""
+
+    ctx, study = stored_study(study_file, storage, reports)
+    print_status(ctx, study)
+
+
+@cli.command()
+@study_args
+@click.option("--trial", "number", type=int, required=True, help="The trial number to export.")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default reports/<study>/export).")
+@click.option(
+    "--onnx",
+    is_flag=True,
+    help="Also write an ONNX model (needs the onnx and onnxscript packages: pip install 'mbv2-search[export]').",
+)
+def export(study_file: Path, storage: str | None, reports: Path, number: int, out: Path | None, onnx: bool) -> None:
+    """Write a trial's block table (YAML for cost/arch/train --table), weights (torchvision layout), optionally ONNX."""
+    from mbv2_search.export import NoWeights, export_trial
+
+    ctx = study_context(study_file, storage, reports)
+    try:
+        written = export_trial(ctx, number, out_dir=out, onnx=onnx)
+    except NoWeights as err:
+        click.echo(f"mbv2-search: error: {err}", err=True)
+        sys.exit(1)
+    except ImportError as err:
+        raise UserError(f"--onnx needs the {err.name} package: pip install 'mbv2-search[export]'") from None
+    except KeyError:
+        raise no_study(study_file, ctx) from None
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    for kind, path in written.items():
+        console.print(f"{kind}: {path}")
+
+
+@cli.command()
+@click.argument("study_files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=True))
+@click.option("--storage", help="Optuna storage URL for every study (default: each study's own).")
+@click.option(
+    "--reports",
+    type=click.Path(path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+    help="Root of the report folders.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Folder for report.html and summary.md (default reports/<study>, or reports/compare-<a>-<b> for several).",
+)
+def report(study_files: tuple[Path, ...], storage: str | None, reports: Path, out: Path | None) -> None:
+    """Write report.html, trials.csv, pareto.csv and summary.md for one study, or overlay several."""
+    from mbv2_search.report.build import study_data, write_report
+    from mbv2_search.space import param_names
+
+    studies, folders = [], []
+    for path in study_files:
+        ctx, study = stored_study(path, storage, reports)
+        config = ctx.study.model_dump(mode="json", exclude={"storage"})
+        studies.append(
+            study_data(
+                ctx.study.name,
+                study.get_trials(deepcopy=False),
+                ctx.study.objectives,
+                param_names(ctx.arch_file),
+                config,
+            )
+        )
+        folders.append(ctx.report_dir)
+    names = [s.name for s in studies]
+    out = out or (folders[0] if len(studies) == 1 else reports / ("compare-" + "-".join(names)))
+    try:
+        written = write_report(studies, folders, out)
+    except OSError as err:
+        raise UserError(f"{err.filename or out}: cannot write the report ({err.strerror})") from None
+    for name, path in written.items():
+        console.print(f"{name}: {path}")

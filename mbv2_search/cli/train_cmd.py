@@ -1,0 +1,168 @@
+"""The train command: one variant on one dataset, outside any study."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mbv2_search.arch import ArchSpec, build_spec
+from mbv2_search.cli.app import UserError, cli, console
+from mbv2_search.cli.flags import arch_options
+from mbv2_search.datasets import DATASETS
+
+
+def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
+    """A named recipe with KEY=VALUE overrides (values parsed as YAML scalars)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from mbv2_search.train import RECIPES
+
+    values: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise UserError(f"--set: got {item!r}; allowed: KEY=VALUE with KEY a recipe field")
+        values[key.strip()] = yaml.safe_load(text)
+    try:
+        return RECIPES[name].with_overrides(values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        allowed = ", ".join(RECIPES[name].model_fields) if first["type"] == "extra_forbidden" else first["msg"]
+        raise UserError(f"--set {key}: got {first.get('input')!r}; allowed: {allowed}") from None
+
+
+@cli.command()
+@arch_options
+@click.option(
+    "--dataset",
+    type=click.Choice(list(DATASETS)),
+    default="digits",
+    show_default=True,
+    help="; ".join(f"{d.name}: {d.help}" for d in DATASETS.values()) + ".",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="Local folder: " + "; ".join(f"{d.name}: {d.layout}" for d in DATASETS.values() if d.layout) + ".",
+)
+@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option(
+    "--recipe",
+    "recipe_name",
+    type=click.Choice(["fast", "paper"]),
+    default="fast",
+    show_default=True,
+    help="fast: SGD + one-cycle for short runs; paper: section 6.1.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe field, e.g. --set lr=0.1 --set label_smoothing=0.1.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--precision",
+    default="auto",
+    show_default=True,
+    help="auto (bf16 mixed on GPUs, fp32 on CPU) or a Lightning precision.",
+)
+@click.option(
+    "--memory-format",
+    type=click.Choice(["auto", "channels_last", "contiguous"]),
+    default="auto",
+    show_default=True,
+    help="auto: measured on the CPU, channels_last on GPUs.",
+)
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model.")
+@click.option(
+    "--workers", type=click.IntRange(0), default=4, show_default=True, help="DataLoader workers (imagefolder only)."
+)
+@click.option(
+    "--run-dir", type=click.Path(path_type=Path), help="Where metrics.csv and best.ckpt go (default runs/train-<time>)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def train(
+    spec: ArchSpec,
+    dataset: str,
+    data_dir: Path | None,
+    epochs: int,
+    batch_size: int,
+    recipe_name: str,
+    overrides: tuple[str, ...],
+    seed: int,
+    device: str,
+    precision: str,
+    memory_format: str,
+    use_compile: bool,
+    workers: int,
+    run_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Train one variant (architecture flags as for `cost`) and report accuracy, time and costs."""
+    import time
+
+    from mbv2_search.cost import costs
+    from mbv2_search.data import DataError, load_dataset
+    from mbv2_search.interrupts import SignalGuard
+    from mbv2_search.train import TrainingError, resolve_device
+    from mbv2_search.train import train as run_training
+
+    recipe = _recipe(recipe_name, overrides)
+    try:
+        torch_device = resolve_device(device)
+        data = load_dataset(dataset, spec.resolution, device=torch_device, data_dir=data_dir, workers=workers)
+    except (DataError, TrainingError, RuntimeError) as err:
+        raise UserError(str(err)) from None
+    if data.num_classes != spec.num_classes:
+        from dataclasses import replace
+
+        spec = build_spec(replace(spec.knobs, num_classes=data.num_classes), spec.table)
+    run_dir = run_dir or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    try:
+        with SignalGuard() as guard, guard.interruptible():  # Ctrl-C exits 130, not Lightning's 1
+            result = run_training(
+                spec,
+                data,
+                epochs=epochs,
+                batch_size=batch_size,
+                recipe=recipe,
+                seed=seed,
+                run_dir=run_dir,
+                device=device,
+                precision=precision,
+                memory_format=memory_format,
+                compile=use_compile,
+                progress=not as_json,
+            )
+    except TrainingError as err:
+        click.echo(f"mbv2-search train: {type(err).__name__}: {err}", err=True)
+        sys.exit(1)
+    cost_ = costs(spec)
+    payload = {
+        **result.as_dict(),
+        "madds": cost_.madds,
+        "params": cost_.params,
+        "peak_activation_bytes": cost_.peak_activation_bytes,
+        "dataset": dataset,
+        "recipe": recipe.model_dump(),
+        "knobs": spec.knobs.as_dict(),
+    }
+    if as_json:
+        payload.pop("history")
+        click.echo(json.dumps(payload))
+        return
+    console.print(
+        f"val_acc {result.val_acc:.4f}  test_acc {result.test_acc:.4f}  {result.epochs} epochs in {result.train_seconds:.1f} s "
+        f"({result.train_images_per_second:,.0f} train images/s, {result.device}, {result.memory_format})\n"
+        f"{cost_.madds / 1e6:.2f} M MAdds, {cost_.params / 1e6:.3f} M params; run folder {result.run_dir}"
+    )

@@ -1,0 +1,111 @@
+"""Rich views: the fvcore comparison, the search progress bar and a study's status with its front."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table as RichTable
+
+from mbv2_search.arch import ArchSpec
+from mbv2_search.cli.app import console, print_frame
+
+
+def print_fvcore(spec: ArchSpec, madds: int, params: int, bn_params: int, counted: Any) -> None:
+    from mbv2_search.cost import MADD_OPERATORS
+    from mbv2_search.layers import layers
+
+    analytic = {
+        "conv": sum(x.madds for x in layers(spec) if x.kind == "conv"),
+        "linear": sum(x.madds for x in layers(spec) if x.kind == "linear"),
+    }
+    table = RichTable(title="analytic vs fvcore, by operator (batch 1)")
+    for name in ("operator", "analytic", "fvcore", "difference", "in MAdds"):
+        table.add_column(name, justify="left" if name == "operator" else "right")
+    operators = list(dict.fromkeys([*analytic, *counted.by_operator]))
+    for op in operators:
+        ours = analytic.get(op, 0)
+        theirs = counted.by_operator.get(op, 0)
+        kept = op in MADD_OPERATORS
+        table.add_row(
+            op,
+            f"{ours:,}" if kept else "0 (convention)",
+            f"{theirs:,}",
+            f"{ours - theirs:+,}" if kept else "",
+            "yes" if kept else "no",
+        )
+    table.add_row("MAdds", f"{madds:,}", f"{counted.madds:,}", f"{madds - counted.madds:+,}", "")
+    module_view = params + (0 if spec.count_bn_params else bn_params)
+    table.add_row(
+        "parameters (module, BN incl.)",
+        f"{module_view:,}",
+        f"{counted.module_params:,}",
+        f"{module_view - counted.module_params:+,}",
+        "",
+    )
+    console.print(table)
+
+
+def _short(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+class SearchProgress:
+    """A rich progress bar: trials done/total, the running trial's knobs, Pareto front size, ETA."""
+
+    def __init__(self, ctx: Any, study: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.ctx, self.study = ctx, study
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task(ctx.study.name, total=ctx.study.n_trials, info="")
+
+    def refresh(self, running: list[dict[str, Any]] | None = None) -> None:
+        from mbv2_search.search import snapshot
+
+        snap = snapshot(self.study, self.ctx)
+        eta = f"ETA {snap['eta_seconds'] / 60:.1f} min" if snap["eta_seconds"] else "ETA -"
+        shown = running if running is not None else snap["running_params"]
+        knobs = "; ".join(_short(p) for p in shown[:2])
+        counts = [f"front {snap['front']}", f"infeasible {snap['infeasible']}", f"failed {snap['failed']}"]
+        counts += [
+            f"{label} {snap[key]}" for key, label in (("pruned", "stopped"), ("duplicate", "duplicates")) if snap[key]
+        ]
+        self.progress.update(self.task, completed=snap["done"], info="  ".join([*counts, eta, knobs]))
+
+    def on_event(self, kind: str, trial: Any) -> None:
+        self.refresh([trial.params] if kind == "start" else [])
+
+
+def print_status(ctx: Any, study: Any) -> None:
+    from mbv2_search.ledger import counts
+    from mbv2_search.report.analysis import pareto_mask, trials_frame
+
+    trials = study.get_trials(deepcopy=False)
+    state = counts(trials)
+    counted = state["complete"] + state["pruned"] + state["failed"]
+    share = state["infeasible"] / state["complete"] if state["complete"] else 0.0
+    console.print(
+        f"study [bold]{ctx.study.name}[/bold]: {counted} of {ctx.study.n_trials} trials counted: {state['complete']} complete "
+        f"({state['infeasible']} infeasible, not trained: {share:.0%}), {state['pruned']} stopped early, "
+        f"{state['failed']} failed; {state['running']} running, {state['waiting']} waiting\nnot counted: "
+        f"{state['duplicate']} duplicates (not trained), {state['excluded']} excluded (interrupted, stale, environment, surplus)"
+    )
+    frame = trials_frame(trials)
+    if frame.empty or not frame["eligible"].any():
+        console.print("no trained trials yet")
+        return
+    front = frame[pareto_mask(frame, ctx.study.objectives)].sort_values(ctx.study.objectives[-1])
+    knob_columns = [c for c in frame.columns if c in trials[0].params or any(c in t.params for t in trials)]
+    shown = front[["number", *knob_columns, "madds", "params", "val_acc", "test_acc"]].copy()
+    shown["madds"] = (shown["madds"] / 1e6).round(3)
+    shown["params"] = (shown["params"] / 1e6).round(3)
+    shown = shown.rename(columns={"madds": "MAdds (M)", "params": "params (M)"})
+    print_frame(shown.round(4), "table", title=f"Pareto front ({', '.join(ctx.study.objectives)}): {len(front)} trials")

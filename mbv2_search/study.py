@@ -1,0 +1,272 @@
+"""Study files: a space, data, a training budget, objectives, constraints, sampler and storage."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from mbv2_search import space
+from mbv2_search.config import ArchFile, check_arch, load_arch_file
+from mbv2_search.datasets import DATASETS
+from mbv2_search.schema import ConfigError, SecretValue, Strict, UnknownKey, parse, read_yaml, unknown_key
+
+OBJECTIVES = {
+    "val_acc": "maximize",
+    "madds": "minimize",
+    "params": "minimize",
+    "peak_activation_bytes": "minimize",
+    "latency_ms": "minimize",
+}
+COSTS = ("madds", "params", "peak_activation_bytes", "latency_ms")
+
+
+class DataModel(Strict):
+    dataset: Literal[tuple(DATASETS)] = "digits"  # type: ignore[valid-type]
+    dir: str | None = None
+    workers: int = Field(4, ge=0)
+
+
+class TrainingModel(Strict):
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    recipe: Literal["fast", "paper"] = "fast"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    max_minutes: float | None = Field(None, gt=0)
+
+    @field_validator("overrides")
+    @classmethod
+    def _recipe_fields(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        from mbv2_search.train import Recipe
+
+        for key in overrides:
+            if key not in Recipe.model_fields:
+                raise UnknownKey(key, Recipe.model_fields)
+        return overrides
+
+    def recipe_model(self) -> Any:
+        """The named recipe with the overrides applied."""
+        from mbv2_search.train import RECIPES
+
+        return RECIPES[self.recipe].with_overrides(self.overrides)
+
+
+class SamplerModel(Strict):
+    name: Literal["tpe", "nsga2", "random", "grid", "gp"] = "tpe"
+    seed: int | None = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PruningModel(Strict):
+    """Multi-objective early stopping at successive-halving rungs (epochs min_epochs x factor^k)."""
+
+    enabled: bool = False
+    # Defaults measured on the quickstart study (benchmarks/bench_pruning.py): rungs at epochs 1, 3, 9.
+    reduction_factor: int = Field(3, ge=2)
+    min_epochs: int = Field(1, ge=1)
+    min_peers: int = Field(5, ge=1)  # trials that must have reached a rung before any is stopped there
+    min_dominators: int = Field(1, ge=1)  # stop a trial dominated (better accuracy at no more cost) by this many
+
+    def rungs(self, epochs: int) -> list[int]:
+        """Epochs at which running trials are compared (those before the last epoch)."""
+        out, rung = [], self.min_epochs
+        while rung < epochs:
+            out.append(rung)
+            rung *= self.reduction_factor
+        return out
+
+
+class LatencyModel(Strict):
+    repeats: int = Field(30, ge=1)
+    warmup: int = Field(5, ge=0)
+    table: str | None = None  # a latency-table file: predict latency_ms instead of measuring it
+
+
+class StudyFile(Strict):
+    """A study: a space, data, a training budget, objectives, constraints, sampler and storage."""
+
+    name: str  # also the folder reports/<name>/: checked by _folder_name
+    description: str | None = None
+    space: str | ArchFile
+    data: DataModel = DataModel()
+    training: TrainingModel = TrainingModel()
+    objectives: list[Literal["val_acc", "madds", "params", "peak_activation_bytes", "latency_ms"]] = Field(
+        default_factory=lambda: ["val_acc", "madds"], min_length=1, max_length=3
+    )
+    constraints: dict[str, float | str] = Field(default_factory=dict)
+    sampler: SamplerModel = SamplerModel()
+    n_trials: int = Field(ge=1, le=1_000_000)
+    timeout_minutes: float | None = Field(None, gt=0)
+    workers: int = Field(1, ge=1, le=256)
+    storage: str | None = None
+    baselines: list[dict[str, Any]] = Field(default_factory=list)
+    latency: LatencyModel = LatencyModel()
+    pruning: PruningModel = PruningModel()
+    heartbeat_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name) or set(name) == {"."}:
+            raise ValueError(
+                "allowed: 1 to 100 letters, digits, '_', '-' or '.', not '.' or '..' (it names reports/<name>/)"
+            )
+        return name
+
+    @field_validator("storage")
+    @classmethod
+    def _no_credentials(cls, storage: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if storage and urlsplit(storage).password:
+            raise SecretValue("a password in a study file is refused; put the URL in MBV2_STORAGE or pass --storage")
+        return storage
+
+    @field_validator("objectives")
+    @classmethod
+    def _unique(cls, objectives: list[str]) -> list[str]:
+        if len(set(objectives)) != len(objectives):
+            raise ValueError("each objective may appear once")
+        return objectives
+
+    @field_validator("constraints")
+    @classmethod
+    def _upper_bounds(cls, constraints: dict[str, float | str]) -> dict[str, float]:
+        bounds = {}
+        for key, value in constraints.items():
+            if key not in COSTS:
+                raise UnknownKey(key, COSTS)
+            try:
+                bounds[key] = float(value)  # YAML reads 100e6 as a string; accept it
+            except ValueError:
+                raise ValueError(f"{key}: got {value!r}; allowed: a number (an upper bound)") from None
+            if bounds[key] <= 0:
+                raise ValueError(f"{key}: got {value!r}; allowed: a positive upper bound")
+        return bounds
+
+
+def _sampler_options(name: str) -> list[str]:
+    """Keyword options of an Optuna sampler that a study file may set."""
+    import inspect
+
+    import optuna
+
+    sampler = {
+        "tpe": optuna.samplers.TPESampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "random": optuna.samplers.RandomSampler,
+        "gp": optuna.samplers.GPSampler,
+    }[name]
+    hidden = ("self", "seed", "constraints_func")  # seed has its own key; constraints come from trial.set_constraint
+    return [p for p in inspect.signature(sampler.__init__).parameters if p not in hidden]
+
+
+def load_study(path: str | Path) -> tuple[StudyFile, ArchFile]:
+    """Read and validate a study file and its space (a path relative to the study, or inline)."""
+    path = Path(path)
+    study = parse(StudyFile, read_yaml(path), path=path)
+    if isinstance(study.space, str):
+        space_path = (path.parent / study.space) if not Path(study.space).is_absolute() else Path(study.space)
+        if not space_path.exists():
+            raise ConfigError(path, "space", f"got {study.space!r}; no such file (resolved to {space_path})")
+        arch_file = load_arch_file(space_path)
+    else:
+        arch_file = study.space
+        check_arch(arch_file, path, section="space.")
+    _check_study(study, arch_file, path)
+    if study.data.dir is not None:  # every path in a study file is relative to the study file
+        data = study.data.model_copy(update={"dir": str(path.parent / Path(study.data.dir).expanduser())})
+        study = study.model_copy(update={"data": data})
+    return study, arch_file
+
+
+def _check_constraints(study: StudyFile, arch_file: ArchFile, path: Path) -> None:
+    """Refuse constraints that no candidate of the space can meet (analytic costs only)."""
+    from mbv2_search.arch import build_spec
+    from mbv2_search.cost import costs
+    from mbv2_search.knobs import ArchError
+
+    classes = DATASETS[study.data.dataset].classes
+    fixed = {"num_classes": classes} if classes else {}
+    specs, first_error = [], None
+    for knobs in space.cheapest_knobs(arch_file, **fixed):
+        try:
+            specs.append(build_spec(knobs, arch_file.to_table()))
+        except ArchError as err:  # a corner no candidate can be (say, strides too many for the resolution)
+            first_error = first_error or err
+    if not specs:  # every corner is impossible: the space itself is wrong
+        raise ConfigError(
+            path,
+            f"space.vary.{first_error.field_name}",
+            f"got {first_error.value!r} at the low end of the space; allowed: {first_error.allowed}",
+        )
+    for name, bound in study.constraints.items():
+        if name == "latency_ms":
+            continue  # measured, not known before a trial
+        least = min(getattr(costs(spec), name) for spec in specs)
+        if least > bound:
+            raise ConfigError(
+                path,
+                f"constraints.{name}",
+                f"no candidate in the space has {name} <= {bound:g}; the least in the space is {least:,}",
+            )
+
+
+def _check_study(study: StudyFile, arch_file: ArchFile, path: Path) -> None:
+
+    if not arch_file.vary:
+        raise ConfigError(path, "space.vary", "nothing varies; a search needs at least one knob in vary:")
+    _check_constraints(study, arch_file, path)
+    if study.latency.table is not None and not (path.parent / study.latency.table).is_file():
+        raise ConfigError(
+            path,
+            "latency.table",
+            f"got {study.latency.table!r}; no such file (make one with mbv2-search latency-table)",
+        )
+    names = space.param_names(arch_file)
+    if study.sampler.name == "grid":
+        explicit = study.sampler.options.get("grid")
+        if explicit is None:
+            try:
+                space.grid(arch_file)
+            except ValueError as err:
+                raise ConfigError(path, "space", str(err)) from None
+        else:  # an explicit grid: every space parameter, each value inside the space
+            if not isinstance(explicit, dict) or set(explicit) != set(names):
+                raise ConfigError(
+                    path,
+                    "sampler.options.grid",
+                    f"got {sorted(explicit) if isinstance(explicit, dict) else explicit!r}; allowed: a list of values for each of {', '.join(names)}",
+                )
+            for name, values in explicit.items():
+                bad = [
+                    v
+                    for v in (values if isinstance(values, list) else [values])
+                    if not space.contains(arch_file, name, value=v)
+                ]
+                if bad or not isinstance(values, list):
+                    raise ConfigError(
+                        path,
+                        f"sampler.options.grid.{name}",
+                        f"got {bad or values!r}; allowed: a list of values inside the space's vary.{name}",
+                    )
+    else:
+        allowed = _sampler_options(study.sampler.name)
+        for key in study.sampler.options:
+            if key not in allowed:
+                raise ConfigError(path, f"sampler.options.{key}", unknown_key(key, allowed))
+    for index, baseline in enumerate(study.baselines):
+        for name, value in baseline.items():
+            if name not in names:
+                raise ConfigError(path, f"baselines[{index}].{name}", unknown_key(name, names))
+            if not space.contains(arch_file, name, value=value):
+                raise ConfigError(
+                    path,
+                    f"baselines[{index}].{name}",
+                    f"got {value!r}; allowed: a value inside the space's vary.{name.rsplit('_', 1)[0] if name not in arch_file.vary else name}",
+                )
