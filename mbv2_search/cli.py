@@ -338,7 +338,7 @@ def table(convention: str, fmt: str, study_file: Path | None, storage: str | Non
         import torch
 
         from mbv2_search.cost import measure_latency_ms
-        from mbv2_search.train import configure_cpu, hardware_name
+        from mbv2_search.devices import configure_cpu, hardware_name
 
         configure_cpu()
         measured = {}
@@ -373,7 +373,7 @@ def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
     import yaml
     from pydantic import ValidationError
 
-    from mbv2_search.train import RECIPES
+    from mbv2_search.recipes import RECIPES
 
     values: dict[str, Any] = {}
     for item in overrides:
@@ -466,8 +466,9 @@ def train(
 
     from mbv2_search.cost import costs
     from mbv2_search.data import DataError, load_dataset
+    from mbv2_search.devices import resolve_device
+    from mbv2_search.errors import TrainingError
     from mbv2_search.interrupts import SignalGuard
-    from mbv2_search.train import TrainingError, resolve_device
     from mbv2_search.train import train as run_training
 
     recipe = _recipe(recipe_name, overrides)
@@ -829,8 +830,9 @@ def latency_table(
     from rich.progress import Progress
 
     from mbv2_search.config import load_arch_file
+    from mbv2_search.devices import configure_cpu, resolve_device
+    from mbv2_search.errors import TrainingError
     from mbv2_search.latency import build_table, space_specs
-    from mbv2_search.train import TrainingError, configure_cpu, resolve_device
 
     arch_file = load_arch_file(space_file)
     try:

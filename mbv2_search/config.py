@@ -346,7 +346,7 @@ class TrainingModel(Strict):
     @field_validator("overrides")
     @classmethod
     def _recipe_fields(cls, overrides: dict[str, Any]) -> dict[str, Any]:
-        from mbv2_search.train import Recipe
+        from mbv2_search.recipes import Recipe
 
         for key in overrides:
             if key not in Recipe.model_fields:
@@ -355,7 +355,7 @@ class TrainingModel(Strict):
 
     def recipe_model(self) -> Any:
         """The named recipe with the overrides applied."""
-        from mbv2_search.train import RECIPES
+        from mbv2_search.recipes import RECIPES
 
         return RECIPES[self.recipe].with_overrides(self.overrides)
 

@@ -34,7 +34,7 @@ class Evaluator:
     """Turns one Optuna trial into costs, a feasibility verdict and, if feasible, a trained result."""
 
     def __init__(self, ctx: Context, device: str) -> None:
-        from mbv2_search.train import hardware_name, resolve_device
+        from mbv2_search.devices import hardware_name, resolve_device
 
         self.ctx = ctx
         # resolved once, before any trial: a missing GPU is the environment's fault, not a candidate's
@@ -180,7 +180,7 @@ class Evaluator:
         Formats differ in floating-point order, so a choice made by timing in each process would give
         the same knobs and seed different results under load; the first measurement is kept for all.
         """
-        from mbv2_search.train import prefers_channels_last
+        from mbv2_search.devices import prefers_channels_last
 
         batch_size = self.ctx.study.training.batch_size
         if self.device.type == "cuda":
@@ -190,7 +190,9 @@ class Evaluator:
         key = "memory_format:" + hashlib.sha1(json.dumps(shape).encode()).hexdigest()[:16]
         stored = study.user_attrs.get(key)
         if stored is None:
-            stored = "channels_last" if prefers_channels_last(spec, self.device, batch_size) else "contiguous"
+            stored = (
+                "channels_last" if prefers_channels_last(spec, self.device, batch_size=batch_size) else "contiguous"
+            )
             study.set_user_attr(key, stored)
             stored = study.user_attrs[key]  # a worker that probed at the same moment may have written last
         return stored

@@ -146,8 +146,8 @@ def work(
         stop: set to stop after the running trial.
         guard: the signal handling (default: SIGINT and SIGTERM raise Interrupted after re-queueing).
     """
+    from mbv2_search.devices import configure_cpu
     from mbv2_search.objective import Evaluator
-    from mbv2_search.train import configure_cpu
 
     configure_cpu(threads)
     study = open_study(ctx)
@@ -241,7 +241,7 @@ def start_worker(ctx: Context, device: str, threads: int, reports_root: str | Pa
 
 def start_workers(ctx: Context, workers: int, reports_root: str | Path = "reports") -> list[multiprocessing.Process]:
     """Spawn local worker processes that split the CPU cores (or take one GPU each)."""
-    from mbv2_search.train import available_cores
+    from mbv2_search.devices import available_cores
 
     open_study(ctx)  # create it once, before workers race to
     threads = max(1, available_cores() // workers)
@@ -272,7 +272,7 @@ def supervise(
     SIGINT or SIGTERM every worker gets SIGTERM, re-queues its trial and exits; then Interrupted is
     raised here.
     """
-    from mbv2_search.train import available_cores
+    from mbv2_search.devices import available_cores
 
     study = open_study(ctx)
     threads = max(1, available_cores() // workers)
