@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from mbv2_search.config import OBJECTIVES
+from mbv2_search.pareto import minimised, non_dominated
 
 TRIAL_COLUMNS = (
     "val_acc",
@@ -70,25 +71,8 @@ def pareto_mask(frame: pd.DataFrame, objectives: list[str]) -> pd.Series:
     eligible = frame[frame["eligible"]]
     if eligible.empty:
         return mask
-    # minimise everything: negate the maximised objectives
-    points = np.column_stack(
-        [(-1 if OBJECTIVES[name] == "maximize" else 1) * eligible[name].astype(float).to_numpy() for name in objectives]
-    )
-    no_worse = (points[:, None, :] <= points[None, :, :]).all(axis=2)
-    better = (points[:, None, :] < points[None, :, :]).any(axis=2)
-    dominated = (no_worse & better).any(axis=0)  # row j dominated by some i
-    mask.loc[eligible.index] = ~dominated
+    mask.loc[eligible.index] = non_dominated(minimised(eligible, objectives))
     return mask
-
-
-def _minimised(frame: pd.DataFrame, objectives: list[str]) -> np.ndarray:
-    """Objective values turned into minimisation: error = 1 - accuracy, costs as they are."""
-    return np.column_stack(
-        [
-            (1 - frame[name].astype(float)) if OBJECTIVES[name] == "maximize" else frame[name].astype(float)
-            for name in objectives
-        ]
-    )
 
 
 def reference_point(frame: pd.DataFrame, objectives: list[str]) -> np.ndarray:
@@ -129,7 +113,7 @@ def hypervolume_history(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFr
         return pd.DataFrame(columns=["number", "hypervolume"])
     reference = reference_point(frame, objectives)
     ordered = frame.sort_values("number")
-    points = _minimised(ordered, objectives)
+    points = minimised(ordered, objectives)
     eligible = ordered["eligible"].to_numpy()
     box = float(np.prod(reference))
     rows = [
