@@ -23,8 +23,8 @@ import torch  # noqa: E402
 
 from mbv2_search.config import load_arch_file  # noqa: E402
 from mbv2_search.cost import costs, measure_latency_ms  # noqa: E402
+from mbv2_search.devices import configure_cpu, hardware_name  # noqa: E402
 from mbv2_search.latency import build_table, space_specs  # noqa: E402
-from mbv2_search.train import configure_cpu, hardware_name  # noqa: E402
 
 
 def main() -> None:

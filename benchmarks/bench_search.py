@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mbv2_search import ledger  # noqa: E402
+from mbv2_search.devices import hardware_name  # noqa: E402
 from mbv2_search.search import load_context  # noqa: E402
 from mbv2_search.storage import open_study  # noqa: E402
-from mbv2_search.train import hardware_name  # noqa: E402
 from mbv2_search.workers import supervise, work  # noqa: E402
 
 
@@ -77,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         arms = {k: run(Path(tmp), args.trials, k) for k in (1, args.workers)}
-    from mbv2_search.train import resolve_device
+    from mbv2_search.devices import resolve_device
 
     print(
         f"machine: {hardware_name(resolve_device('cpu'))}, {platform.machine()}; quickstart study, n_trials {args.trials}"

@@ -26,10 +26,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from mbv2_search.arch import build_spec  # noqa: E402
+from mbv2_search.callbacks import TrainingClock  # noqa: E402
 from mbv2_search.data import TensorData, load_digits  # noqa: E402
-from mbv2_search.knobs import Knobs
+from mbv2_search.devices import configure_cpu, prefers_channels_last  # noqa: E402
+from mbv2_search.knobs import Knobs  # noqa: E402
 from mbv2_search.model import build_model  # noqa: E402
-from mbv2_search.train import RECIPES, Classifier, _Clock, configure_cpu, prefers_channels_last, train  # noqa: E402
+from mbv2_search.recipes import RECIPES  # noqa: E402
+from mbv2_search.train import Classifier, train  # noqa: E402
 
 BATCH = 64
 
@@ -70,7 +73,7 @@ def plain(
         configure_cpu()
     torch.manual_seed(0)
     if channels_last is None:
-        channels_last = prefers_channels_last(spec, dev, batch)
+        channels_last = prefers_channels_last(spec, dev, batch_size=batch)
     model = build_model(spec).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -147,7 +150,7 @@ def naive(spec, data: TensorData, epochs: int) -> float:
     torch.manual_seed(0)
     dataset = _PerImage(data.train.images, data.train.labels, shift=round(data.translate * data.resolution))
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True)
-    clock = _Clock(cuda=False)
+    clock = TrainingClock(cuda=False)
     with tempfile.TemporaryDirectory() as root:
         trainer = pl.Trainer(
             max_epochs=epochs,
@@ -164,7 +167,7 @@ def naive(spec, data: TensorData, epochs: int) -> float:
 class _EpochRates(pl.Callback):
     """Per-epoch training throughput for a run without validation."""
 
-    def __init__(self, clock: _Clock) -> None:
+    def __init__(self, clock: TrainingClock) -> None:
         clock.rates = []
         self.clock = clock
 

@@ -1,4 +1,7 @@
-"""Failures of the environment (data, disk, storage) as one line each; anything else is a bug and keeps its traceback."""
+"""Errors shared across rooms, and failures of the environment (data, disk, storage) as one line each.
+
+Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,10 @@ import re
 
 class DataError(ValueError):
     """Data the user must provide is missing or malformed; the message says what is expected where."""
+
+
+class TrainingError(RuntimeError):
+    """Training could not finish; the message says why and where."""
 
 
 def mask_url(url: str) -> str:

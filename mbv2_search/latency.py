@@ -192,7 +192,7 @@ def build_table(
     import torch
 
     from mbv2_search.cost import measure_latency_ms, time_forward
-    from mbv2_search.train import hardware_name
+    from mbv2_search.devices import hardware_name
 
     keys = list(dict.fromkeys(k for spec in specs for k in unit_keys(spec)))
     table = LatencyTable(

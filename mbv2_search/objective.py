@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import optuna
 
 from mbv2_search import __version__, ledger, space
+from mbv2_search import optuna_private as private
 from mbv2_search.arch import ArchSpec, build_spec
 from mbv2_search.cost import costs
 from mbv2_search.datasets import DATASETS
@@ -25,16 +27,34 @@ class DuplicateCandidate(Exception):
         super().__init__(f"duplicate of trial {original}")
 
 
-def values(objectives: list[str], val_acc: float, measured: dict[str, float]) -> list[float]:
+def values(objectives: list[str], *, val_acc: float, measured: dict[str, float]) -> list[float]:
     """The objective values Optuna is told, in the study's order."""
     return [val_acc if name == "val_acc" else measured[name] for name in objectives]
+
+
+def candidate_attrs(
+    spec: ArchSpec, cost: Any, *, seed: int, measured: dict[str, float], latency_source: str | None
+) -> dict[str, Any]:
+    """What is known of a candidate before training: knobs, block layout, costs, seed, code version."""
+    return {
+        "knobs": spec.knobs.as_dict(),
+        "blocks": [
+            [b.row, b.t, b.in_channels, b.hidden_channels, b.out_channels, b.stride, b.kernel, b.in_size]
+            for b in spec.blocks
+        ],
+        "bn_params": cost.bn_params,
+        "version": __version__,
+        "seed": seed,
+        "latency_source": latency_source,
+        **measured,
+    }
 
 
 class Evaluator:
     """Turns one Optuna trial into costs, a feasibility verdict and, if feasible, a trained result."""
 
     def __init__(self, ctx: Context, device: str) -> None:
-        from mbv2_search.train import hardware_name, resolve_device
+        from mbv2_search.devices import hardware_name, resolve_device
 
         self.ctx = ctx
         # resolved once, before any trial: a missing GPU is the environment's fault, not a candidate's
@@ -102,83 +122,91 @@ class Evaluator:
         return measured, "measured"
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
+        """The trial's objective values; costs and results are stored as user attributes on the way."""
         study = self.ctx.study
         spec, seed = self.candidate(trial)
         cost = costs(spec)
         measured, latency_source = self.measure(spec, cost)
-        attrs = {
-            "knobs": spec.knobs.as_dict(),
-            "blocks": [
-                [b.row, b.t, b.in_channels, b.hidden_channels, b.out_channels, b.stride, b.kernel, b.in_size]
-                for b in spec.blocks
-            ],
-            "bn_params": cost.bn_params,
-            "version": __version__,
-            "seed": seed,
-            "latency_source": latency_source,
-            **measured,
-        }
-        feasible = True
-        for name, bound in study.constraints.items():
-            trial.set_constraint(name, measured[name] - bound)  # <= 0 is feasible (Optuna 5)
-            feasible &= measured[name] <= bound
-        attrs["feasible"] = feasible
+        attrs = candidate_attrs(spec, cost, seed=seed, measured=measured, latency_source=latency_source)
+        attrs["feasible"] = feasible = self.constrain(trial, measured)
         if not feasible:  # known before building anything: never trained
-            ledger.set_attrs(trial.study, trial._trial_id, attrs={**attrs, "trained": False})
-            return values(study.objectives, 0.0, measured)
+            ledger.set_attrs(trial.study, private.trial_id(trial), attrs={**attrs, "trained": False})
+            return values(study.objectives, val_acc=0.0, measured=measured)
         return self._train(trial, spec, seed, measured, attrs)
 
+    def constrain(self, trial: optuna.Trial, measured: dict[str, float]) -> bool:
+        """Tell Optuna each constraint's margin; True where every measured cost is within its bound."""
+        feasible = True
+        for name, bound in self.ctx.study.constraints.items():
+            trial.set_constraint(name, measured[name] - bound)  # <= 0 is feasible (Optuna 5)
+            feasible &= measured[name] <= bound
+        return feasible
+
     def _train(self, trial: optuna.Trial, spec: ArchSpec, seed: int, measured: dict, attrs: dict) -> list[float]:
-        from mbv2_search.cost import fvcore_count
-        from mbv2_search.train import train
-
-        study = self.ctx.study
         data = self._dataset(spec.resolution)
-        pruner = None
-        cost_objectives = {name: measured[name] for name in study.objectives if name != "val_acc"}
-        if study.pruning.enabled and cost_objectives:
-            from mbv2_search.pruning import RungPruner
-
-            pruner = RungPruner(trial.study, trial, cost_objectives, study.pruning, study.training.epochs)
-        result = train(
-            spec,
-            data,
-            epochs=study.training.epochs,
-            batch_size=study.training.batch_size,
-            recipe=study.training.recipe_model(),
-            seed=seed,
-            run_dir=self.ctx.report_dir / "trials" / f"{trial.number:05d}",
-            device=str(self.device),
-            precision=study.training.precision,
-            memory_format=self.memory_format(trial.study, spec),
-            max_minutes=study.training.max_minutes,
-            callbacks=[pruner] if pruner else (),
-        )
-        counted = fvcore_count(spec)  # the independent count, stored beside the analytic one
-        attrs.update(
-            trained=True,
-            val_acc=result.val_acc,
-            test_acc=result.test_acc,
-            epochs=result.epochs,
-            train_seconds=result.train_seconds,
-            train_images_per_second=result.train_images_per_second,
-            train_step_seconds=result.train_step_seconds,
-            eval_seconds=result.eval_seconds,
-            device=result.device,
-            hardware=self.hardware,
-            memory_format=result.memory_format,
-            # relative to the report folder, so a moved or copied study still finds its weights
-            run_dir=os.path.relpath(result.run_dir, self.ctx.report_dir),
-            checkpoint=os.path.relpath(result.checkpoint, self.ctx.report_dir) if result.checkpoint else "",
-            val_acc_history=[h.get("val_acc") for h in result.history],
-            fvcore_madds=counted.madds,
-            fvcore_by_operator=counted.by_operator,
-        )
-        ledger.set_attrs(trial.study, trial._trial_id, attrs=attrs)
+        pruner = self._pruner(trial, measured)
+        result = self._fit(trial, spec, data, seed=seed, callbacks=[pruner] if pruner else ())
+        attrs.update(self._trained_attrs(spec, result))
+        ledger.set_attrs(trial.study, private.trial_id(trial), attrs=attrs)
         if pruner is not None and pruner.stopped_at is not None:
             trial.set_user_attr("prune_reason", pruner.reason)
             raise optuna.TrialPruned(pruner.reason)
-        return values(study.objectives, result.val_acc, measured)
+        return values(self.ctx.study.objectives, val_acc=result.val_acc, measured=measured)
+
+    def _pruner(self, trial: optuna.Trial, measured: dict[str, float]) -> Any:
+        """The rung pruner where the study asks for early stopping and has costs to weigh accuracy against."""
+        study = self.ctx.study
+        cost_objectives = {name: measured[name] for name in study.objectives if name != "val_acc"}
+        if not (study.pruning.enabled and cost_objectives):
+            return None
+        from mbv2_search.pruning import RungPruner
+
+        return RungPruner(trial.study, trial, cost_objectives, study.pruning, study.training.epochs)
+
+    def _fit(self, trial: optuna.Trial, spec: ArchSpec, data: Any, *, seed: int, callbacks: Sequence[Any]) -> Any:
+        """Train the candidate with the study's budget in its own run folder."""
+        from mbv2_search.train import train
+
+        training = self.ctx.study.training
+        return train(
+            spec,
+            data,
+            epochs=training.epochs,
+            batch_size=training.batch_size,
+            recipe=training.recipe_model(),
+            seed=seed,
+            run_dir=self.ctx.report_dir / "trials" / f"{trial.number:05d}",
+            device=str(self.device),
+            precision=training.precision,
+            memory_format=self.memory_format(trial.study, spec),
+            max_minutes=training.max_minutes,
+            callbacks=callbacks,
+        )
+
+    def _trained_attrs(self, spec: ArchSpec, result: Any) -> dict[str, Any]:
+        """What training measured, with paths relative to the report folder and fvcore's independent count."""
+        from mbv2_search.cost import fvcore_count
+
+        counted = fvcore_count(spec)  # the independent count, stored beside the analytic one
+        return {
+            "trained": True,
+            "val_acc": result.val_acc,
+            "test_acc": result.test_acc,
+            "epochs": result.epochs,
+            "train_seconds": result.train_seconds,
+            "train_images_per_second": result.train_images_per_second,
+            "train_step_seconds": result.train_step_seconds,
+            "eval_seconds": result.eval_seconds,
+            "device": result.device,
+            "hardware": self.hardware,
+            "memory_format": result.memory_format,
+            # relative to the report folder, so a moved or copied study still finds its weights
+            "run_dir": os.path.relpath(result.run_dir, self.ctx.report_dir),
+            "checkpoint": os.path.relpath(result.checkpoint, self.ctx.report_dir) if result.checkpoint else "",
+            "val_acc_history": [h.get("val_acc") for h in result.history],
+            "fvcore_madds": counted.madds,
+            "fvcore_by_operator": counted.by_operator,
+        }
 
     def memory_format(self, study: optuna.Study, spec: ArchSpec) -> str:
         """The memory format for this hardware and architecture shape: measured once, stored with the study.
@@ -186,7 +214,7 @@ class Evaluator:
         Formats differ in floating-point order, so a choice made by timing in each process would give
         the same knobs and seed different results under load; the first measurement is kept for all.
         """
-        from mbv2_search.train import prefers_channels_last
+        from mbv2_search.devices import prefers_channels_last
 
         batch_size = self.ctx.study.training.batch_size
         if self.device.type == "cuda":
@@ -196,7 +224,9 @@ class Evaluator:
         key = "memory_format:" + hashlib.sha1(json.dumps(shape).encode()).hexdigest()[:16]
         stored = study.user_attrs.get(key)
         if stored is None:
-            stored = "channels_last" if prefers_channels_last(spec, self.device, batch_size) else "contiguous"
+            stored = (
+                "channels_last" if prefers_channels_last(spec, self.device, batch_size=batch_size) else "contiguous"
+            )
             study.set_user_attr(key, stored)
             stored = study.user_attrs[key]  # a worker that probed at the same moment may have written last
         return stored

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 import pytorch_lightning as pl
 
+from mbv2_search.pareto import dominance, minimised
 from mbv2_search.study import PruningModel
 
 
@@ -23,26 +24,29 @@ def rung_key(epoch: int) -> str:
 
 
 def dominators(
-    study: optuna.Study, trial_number: int, epoch: int, accuracy: float, costs: dict[str, float]
+    study: optuna.Study, *, trial_number: int, epoch: int, accuracy: float, costs: dict[str, float]
 ) -> list[int]:
     """Numbers of the trials that reached this rung and dominate (accuracy, costs) there."""
     key = rung_key(epoch)
-    out = []
+    objectives = ["val_acc", *costs]
+    numbers, rows = [], []
     for peer in study.get_trials(deepcopy=False):
         if peer.number == trial_number or key not in peer.user_attrs or "excluded" in peer.user_attrs:
             continue
-        peer_accuracy = peer.user_attrs[key]
-        peer_costs = [peer.user_attrs.get(name) for name in costs]
-        if any(value is None for value in peer_costs):
+        peer_costs = {name: peer.user_attrs.get(name) for name in costs}
+        if any(value is None for value in peer_costs.values()):
             continue
-        no_worse = peer_accuracy >= accuracy and all(p <= c for p, c in zip(peer_costs, costs.values()))
-        better = peer_accuracy > accuracy or any(p < c for p, c in zip(peer_costs, costs.values()))
-        if no_worse and better:
-            out.append(peer.number)
-    return out
+        numbers.append(peer.number)
+        rows.append({"val_acc": peer.user_attrs[key], **peer_costs})
+    if not rows:
+        return []
+    columns = {name: [row[name] for row in rows] for name in objectives}
+    own = minimised({"val_acc": accuracy, **costs}, objectives)
+    better = dominance(minimised(columns, objectives), own)[:, 0]
+    return [number for number, dominates in zip(numbers, better) if dominates]
 
 
-def peers_at(study: optuna.Study, trial_number: int, epoch: int) -> int:
+def peers_at(study: optuna.Study, *, trial_number: int, epoch: int) -> int:
     """How many other trials reported at this rung."""
     key = rung_key(epoch)
     return sum(1 for t in study.get_trials(deepcopy=False) if t.number != trial_number and key in t.user_attrs)
@@ -65,9 +69,11 @@ class RungPruner(pl.Callback):
             return
         accuracy = float(trainer.callback_metrics["val_acc"])
         self.trial.set_user_attr(rung_key(epoch), accuracy)
-        if peers_at(self.study, self.trial.number, epoch) < self.config.min_peers:
+        if peers_at(self.study, trial_number=self.trial.number, epoch=epoch) < self.config.min_peers:
             return
-        better = dominators(self.study, self.trial.number, epoch, accuracy, self.costs)
+        better = dominators(
+            self.study, trial_number=self.trial.number, epoch=epoch, accuracy=accuracy, costs=self.costs
+        )
         if len(better) >= self.config.min_dominators:
             self.stopped_at = epoch
             self.reason = f"dominated at epoch {epoch} (val_acc {accuracy:.4f}) by trials {', '.join(map(str, sorted(better)[:10]))}"

@@ -94,12 +94,17 @@ def _load_bounded(text: str) -> Any:
         loader.dispose()
 
 
-def parse(model: type[Strict], data: dict[str, Any], *, path: str | Path) -> Any:
-    """Validate data against a model, turning the first problem into a one-line ConfigError."""
+def parse(model: type[BaseModel], data: dict[str, Any], *, path: str | Path, section: str = "") -> Any:
+    """Validate data against a model, turning the first problem into a one-line ConfigError.
+
+    The one translator of pydantic errors: study and space files, and the CLI's `--set` (path '--set').
+    `section` prefixes the key where the data sits inside a larger file (e.g. 'training.overrides.').
+    """
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise _config_error(model, err, path) from None
+        error = _config_error(model, err, path)
+        raise ConfigError(path, section + error.key, str(error).removeprefix(f"{path}: {error.key}: ")) from None
 
 
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|(list|dict|tuple)\[.*\]|function-\w+\[.*\]|[A-Z]\w*)$")

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from mbv2_search import space
 from mbv2_search.config import ArchFile, check_arch, load_arch_file
 from mbv2_search.datasets import DATASETS
+from mbv2_search.recipes import RECIPES, Recipe, recipe_with
 from mbv2_search.schema import ConfigError, SecretValue, Strict, UnknownKey, parse, read_yaml, unknown_key
 
 OBJECTIVES = {
@@ -32,28 +33,16 @@ class DataModel(Strict):
 class TrainingModel(Strict):
     epochs: int = Field(10, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1, le=65_536)
-    recipe: Literal["fast", "paper"] = "fast"
+    recipe: Literal[tuple(RECIPES)] = "fast"  # type: ignore[valid-type]
     overrides: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
     max_minutes: float | None = Field(None, gt=0)
 
-    @field_validator("overrides")
-    @classmethod
-    def _recipe_fields(cls, overrides: dict[str, Any]) -> dict[str, Any]:
-        from mbv2_search.train import Recipe
-
-        for key in overrides:
-            if key not in Recipe.model_fields:
-                raise UnknownKey(key, Recipe.model_fields)
-        return overrides
-
-    def recipe_model(self) -> Any:
-        """The named recipe with the overrides applied."""
-        from mbv2_search.train import RECIPES
-
-        return RECIPES[self.recipe].with_overrides(self.overrides)
+    def recipe_model(self, path: str | Path = "study") -> Recipe:
+        """The named recipe with the overrides applied (a ConfigError names a bad override)."""
+        return recipe_with(self.recipe, self.overrides, path=str(path), section="training.overrides.")
 
 
 class SamplerModel(Strict):
@@ -178,6 +167,7 @@ def load_study(path: str | Path) -> tuple[StudyFile, ArchFile]:
     else:
         arch_file = study.space
         check_arch(arch_file, path, section="space.")
+    study.training.recipe_model(path)  # every override checked now, not at the first trial
     _check_study(study, arch_file, path)
     if study.data.dir is not None:  # every path in a study file is relative to the study file
         data = study.data.model_copy(update={"dir": str(path.parent / Path(study.data.dir).expanduser())})

@@ -1,91 +1,33 @@
-"""Training: a thin LightningModule, the recipes, and the one place a Trainer is built.
+"""Training: a thin LightningModule, its callbacks, and the one place a Trainer is built.
 
-Knows nothing of Optuna: the search passes callbacks in.
+Knows nothing of Optuna: the search passes callbacks in. Recipes live in recipes, devices in devices.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import os
-import platform
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 
 from mbv2_search.arch import ArchSpec
+from mbv2_search.callbacks import RichEpochProgress, TrainingClock
 from mbv2_search.data import FolderData, TensorData
+from mbv2_search.devices import configure_cpu, prefers_channels_last, resolve_device, resolve_precision
+from mbv2_search.errors import TrainingError
 from mbv2_search.model import build_model
+from mbv2_search.recipes import Recipe
 
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)  # no banner per trial
-
-
-class Recipe(BaseModel):
-    """Optimizer, schedule and regularization; every field can be overridden."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    optimizer: Literal["sgd", "rmsprop", "adamw"] = "sgd"
-    lr: float = 0.1  # at reference_batch; scaled linearly by batch_size / reference_batch
-    reference_batch: int = 128
-    momentum: float = 0.9
-    nesterov: bool = True
-    rmsprop_decay: float = 0.9
-    eps: float = 1e-8
-    weight_decay: float = 5e-5
-    schedule: Literal["onecycle", "cosine", "exponential", "constant"] = "onecycle"
-    warmup_fraction: float = 0.1  # onecycle: share of steps spent rising
-    gamma: float = 0.98  # exponential: decay per epoch
-    label_smoothing: float = 0.1
-    ema_decay: float | None = None
-    dropout: float | None = None  # None: the ArchSpec's
-
-    def with_overrides(self, overrides: dict[str, object]) -> Recipe:
-        """This recipe with some fields replaced, validated (unknown fields are errors)."""
-        return type(self).model_validate({**self.model_dump(), **overrides})
-
-    def scaled_lr(self, batch_size: int) -> float:
-        """Learning rate for this batch size (linear scaling rule)."""
-        return self.lr * batch_size / self.reference_batch
-
-
-RECIPES: dict[str, Recipe] = {
-    # Short proxy runs: SGD + Nesterov, a one-cycle schedule with a short warm-up and label smoothing
-    # reach 97% on digits in 10 epochs (width 0.35 at 32 px; measured against longer warm-ups and AdamW).
-    "fast": Recipe(),
-    # Paper section 6.1 and the TF-Slim README: RMSProp (decay 0.9, momentum 0.9), weight decay 4e-5,
-    # lr 0.045 at batch 96 decayed x0.98 per epoch, label smoothing 0.1, EMA 0.9999, dropout 0.2.
-    # The paper gives no epsilon; 1e-3 is a choice (TF-style RMSProp needs a large one to be stable).
-    "paper": Recipe(
-        optimizer="rmsprop",
-        lr=0.045,
-        reference_batch=96,
-        momentum=0.9,
-        nesterov=False,
-        rmsprop_decay=0.9,
-        eps=1e-3,
-        weight_decay=4e-5,
-        schedule="exponential",
-        gamma=0.98,
-        label_smoothing=0.1,
-        ema_decay=0.9999,
-        dropout=0.2,
-    ),
-}
-
-
-class TrainingError(RuntimeError):
-    """Training could not finish; the message says why and where."""
 
 
 class TrainingDiverged(TrainingError):
@@ -239,169 +181,9 @@ class TrainResult:
         return asdict(self)
 
 
-class _Clock(pl.Callback):
-    """Training-step time per epoch (until validation starts) and per-epoch metrics."""
-
-    def __init__(self, cuda: bool) -> None:
-        self.cuda, self.seconds, self.images, self.history = cuda, 0.0, 0, []
-        self._start: float | None = None
-        self._epoch_seconds, self._epoch_images = 0.0, 0
-        self.eval_seconds, self._eval_start = 0.0, 0.0
-
-    def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start, self._epoch_images = self._now(), self.images
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.images += len(batch[1])
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        now = self._now()
-        if self._start is not None:  # validation inside fit: the epoch's training part is over
-            self._epoch_seconds = now - self._start
-            self.seconds += self._epoch_seconds
-            self._start = None
-        self._eval_start = now
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        self.eval_seconds += self._now() - self._eval_start
-
-    on_test_epoch_end = on_validation_epoch_end
-
-    def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self._eval_start = self._now()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        # runs after the epoch's validation (Lightning 2.x), when both train_* and val_* are final
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
-        rate = (self.images - self._epoch_images) / self._epoch_seconds if self._epoch_seconds else float("nan")
-        self.history.append({"epoch": trainer.current_epoch, **metrics, "train_images_per_second": rate})
-
-
-class RichEpochProgress(pl.Callback):
-    """One rich progress bar over epochs with the live metrics (refreshes per epoch, not per step)."""
-
-    def __init__(self, description: str = "training") -> None:
-        self.description = description
-        self.progress = None
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[metrics]}"),
-        )
-        self.task = self.progress.add_task(self.description, total=trainer.max_epochs, metrics="")
-        self.progress.start()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.progress is None:
-            return
-        shown = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss", "train_acc", "val_acc")
-        }
-        text = "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
-        self.progress.update(self.task, completed=trainer.current_epoch + 1, metrics=text)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self.on_train_end(trainer, pl_module)  # leave the terminal clean before the error is shown
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' is the first GPU where there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"device: got {device!r} but no CUDA GPU is available here; use 'cpu' or 'auto'")
-    return resolved
-
-
-def hardware_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model and the threads torch uses."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model} ({torch.get_num_threads()} threads)"
-
-
-def configure_cpu(threads: int | None = None) -> None:
-    """Flush subnormals to zero (10x faster small-model training here) and set the thread count."""
-    torch.set_flush_denormal(True)
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def available_cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-_FORMAT_CACHE: dict[tuple, bool] = {}
-
-
-def prefers_channels_last(spec: ArchSpec, device: torch.device, batch_size: int) -> bool:
-    """channels_last on GPUs; on the CPU, whichever format is faster for this model, measured.
-
-    The probe times forward + backward at up to 16 images in both formats (cached per shape), since
-    on CPUs either format can be 2x faster depending on the model; it costs about 0.1 s.
-    """
-    if device.type == "cuda":
-        return True
-    key = (
-        spec.blocks,
-        spec.stem_channels,
-        spec.head_channels,
-        spec.resolution,
-        min(batch_size, 16),
-        torch.get_num_threads(),
-    )
-    if key not in _FORMAT_CACHE:
-        # on its own random stream: a probe that ran or was cached must not change the seeded run
-        with torch.random.fork_rng(devices=[]):
-            _FORMAT_CACHE[key] = _probe_channels_last(spec, min(batch_size, 16))
-    return _FORMAT_CACHE[key]
-
-
-def _probe_channels_last(spec: ArchSpec, batch_size: int) -> bool:
-    model = build_model(spec)
-    images = torch.randn(batch_size, 3, spec.resolution, spec.resolution)
-    timings = {}
-    for channels_last in (False, True):
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        model = model.to(memory_format=fmt)
-        x = images.contiguous(memory_format=fmt)
-        seconds = []
-        for _ in range(3):
-            start = time.perf_counter()
-            model(x).sum().backward()
-            seconds.append(time.perf_counter() - start)
-        timings[channels_last] = min(seconds[1:])  # the first run is warm-up
-    return timings[True] < timings[False]
-
-
 def build_trainer(
     run_dir: Path,
+    *,
     epochs: int,
     device: torch.device,
     precision: str,
@@ -430,15 +212,6 @@ def build_trainer(
         log_every_n_steps=10_000,  # metrics are logged per epoch only
         deterministic=device.type == "cpu",
     )
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto': bf16 mixed precision on GPUs that support it, fp16 mixed on older ones, fp32 on the CPU."""
-    if precision != "auto":
-        return precision
-    if device.type != "cuda":
-        return "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
 def train(
@@ -476,65 +249,103 @@ def train(
         max_minutes: stop training after this long.
     """
     torch_device = resolve_device(device)
-    if torch_device.type == "cpu":
-        configure_cpu()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(seed, workers=True, verbose=False)
+    run_dir = _prepare_run(torch_device, Path(run_dir), seed)
     if recipe.dropout is not None and recipe.dropout != spec.dropout:
-        from dataclasses import replace
-
         spec = replace(spec, dropout=recipe.dropout)
     channels_last = memory_format == "channels_last" or (
-        memory_format == "auto" and prefers_channels_last(spec, torch_device, batch_size)
+        memory_format == "auto" and prefers_channels_last(spec, torch_device, batch_size=batch_size)
     )
-    model = build_model(spec)
+    model = build_model(spec)  # before the loaders: the seeded stream draws the weights first
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_loader = data.loader("train", batch_size, train=True, seed=seed, channels_last=channels_last)
-    val_loader = data.loader("val", batch_size * 2, channels_last=channels_last)
-    test_loader = data.loader("test", batch_size * 2, channels_last=channels_last)
+    loaders = _loaders(data, batch_size=batch_size, seed=seed, channels_last=channels_last)
     module = Classifier(
         torch.compile(model) if compile else model,
         recipe,
         batch_size=batch_size,
         epochs=epochs,
-        steps_per_epoch=len(train_loader),
+        steps_per_epoch=len(loaders.train),
         num_classes=data.num_classes,
         check_every=1 if torch_device.type == "cpu" else 25,
     )
-    clock = _Clock(torch_device.type == "cuda")
-    extra = [clock, *callbacks, *([RichEpochProgress()] if progress else [])]
+    clock = TrainingClock(torch_device.type == "cuda")
     trainer = build_trainer(
-        run_dir, epochs, torch_device, resolve_precision(precision, torch_device), extra, max_minutes
+        run_dir,
+        epochs=epochs,
+        device=torch_device,
+        precision=resolve_precision(precision, torch_device),
+        callbacks=[clock, *callbacks, *([RichEpochProgress()] if progress else [])],
+        max_minutes=max_minutes,
     )
+    where = f"on {torch_device} at batch size {batch_size}, resolution {spec.resolution}"
+    fitted = _fit_and_test(trainer, module, loaders, where)
+    return _result(fitted, clock, device=torch_device, seed=seed, channels_last=channels_last, run_dir=run_dir)
+
+
+def _prepare_run(device: torch.device, run_dir: Path, seed: int) -> Path:
+    """Threads and subnormals on the CPU, the run folder, and every random stream seeded."""
+    if device.type == "cpu":
+        configure_cpu()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    return run_dir
+
+
+class _Loaders(NamedTuple):
+    train: Any
+    val: Any
+    test: Any
+
+
+def _loaders(data: TensorData | FolderData, *, batch_size: int, seed: int, channels_last: bool) -> _Loaders:
+    """Shuffled, augmented training batches; evaluation at twice the batch size (no gradients to keep)."""
+    return _Loaders(
+        data.loader("train", batch_size, train=True, seed=seed, channels_last=channels_last),
+        data.loader("val", batch_size * 2, channels_last=channels_last),
+        data.loader("test", batch_size * 2, channels_last=channels_last),
+    )
+
+
+class _Fitted(NamedTuple):
+    trainer: pl.Trainer
+    fit_seconds: float
+    checkpoint: str
+    tested: list[dict[str, float]]
+
+
+def _fit_and_test(trainer: pl.Trainer, module: Classifier, loaders: _Loaders, where: str) -> _Fitted:
+    """Fit, then test the best-validation checkpoint; running out of GPU memory is the candidate's failure."""
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning 2.6 on torch 2.14
-            trainer.fit(module, train_loader, val_loader)
+            trainer.fit(module, loaders.train, loaders.val)
             fit_seconds = time.perf_counter() - start
             checkpoint = trainer.checkpoint_callback.best_model_path
-            tested = trainer.test(module, test_loader, ckpt_path=checkpoint or None, verbose=False)
+            tested = trainer.test(module, loaders.test, ckpt_path=checkpoint or None, verbose=False)
     except torch.OutOfMemoryError as err:
-        raise TrainingOutOfMemory(
-            f"out of GPU memory on {torch_device} at batch size {batch_size}, resolution {spec.resolution}: {str(err).splitlines()[0]}"
-        ) from None
-    best = trainer.checkpoint_callback.best_model_score
+        raise TrainingOutOfMemory(f"out of GPU memory {where}: {str(err).splitlines()[0]}") from None
+    return _Fitted(trainer, fit_seconds, checkpoint, tested)
+
+
+def _result(
+    fitted: _Fitted, clock: TrainingClock, *, device: torch.device, seed: int, channels_last: bool, run_dir: Path
+) -> TrainResult:
+    best = fitted.trainer.checkpoint_callback.best_model_score
     return TrainResult(
         val_acc=float(best) if best is not None else float("nan"),
-        test_acc=float(tested[0]["test_acc"]),
-        epochs=trainer.current_epoch,
-        train_seconds=fit_seconds,
+        test_acc=float(fitted.tested[0]["test_acc"]),
+        epochs=fitted.trainer.current_epoch,
+        train_seconds=fitted.fit_seconds,
         train_images_per_second=clock.images / clock.seconds if clock.seconds else float("nan"),
         train_step_seconds=clock.seconds,
         eval_seconds=clock.eval_seconds,
-        device=str(torch_device),
+        device=str(device),
         seed=seed,
         memory_format="channels_last" if channels_last else "contiguous",
         run_dir=str(run_dir),
-        checkpoint=checkpoint,
+        checkpoint=fitted.checkpoint,
         history=clock.history,
     )

@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from mbv2_search import ledger, space
+from mbv2_search import optuna_private as private
 from mbv2_search.interrupts import Interrupted, SignalGuard
 from mbv2_search.knobs import ArchError
 from mbv2_search.search import Context, load_context, space_size
@@ -110,7 +111,7 @@ def run_trial(
     except BaseException as err:  # a signal, the data, the disk, the storage, a bug: never counted, run again
         why = f"interrupted by {err}" if isinstance(err, Interrupted) else f"{type(err).__name__}: {err}"
         with contextlib.suppress(Exception):  # the storage may be what failed; then the trial goes stale
-            ledger.requeue(study, trial._trial_id, reason=f"{why}; it runs again on resume")
+            ledger.requeue(study, private.trial_id(trial), reason=f"{why}; it runs again on resume")
         raise
     else:
         _tell(study, trial, values=values)
@@ -148,8 +149,8 @@ def work(
         stop: set to stop after the running trial.
         guard: the signal handling (default: SIGINT and SIGTERM raise Interrupted after re-queueing).
     """
+    from mbv2_search.devices import configure_cpu
     from mbv2_search.objective import Evaluator
-    from mbv2_search.train import configure_cpu
 
     configure_cpu(threads)
     study = open_study(ctx)
@@ -184,13 +185,15 @@ def work(
             earlier = ledger.budget(study.get_trials(deepcopy=False), below=trial.number)
             if earlier.done + earlier.running >= n_trials:
                 # other workers took the last slots between our count and our ask: give this one back
-                ledger.requeue(study, trial._trial_id, reason="surplus: earlier trials hold every slot of n_trials")
+                ledger.requeue(
+                    study, private.trial_id(trial), reason="surplus: earlier trials hold every slot of n_trials"
+                )
                 continue
             if on_event:
                 on_event("start", trial)
             run_trial(study, trial, evaluate=evaluate, guard=guard, report=report, heartbeat_seconds=beat)
             if on_event:
-                on_event("end", study._storage.get_trial(trial._trial_id))
+                on_event("end", private.storage_of(study).get_trial(private.trial_id(trial)))
     return report
 
 
@@ -243,7 +246,7 @@ def start_worker(ctx: Context, device: str, *, threads: int, reports_root: str |
 
 def start_workers(ctx: Context, workers: int, *, reports_root: str | Path = "reports") -> list[multiprocessing.Process]:
     """Spawn local worker processes that split the CPU cores (or take one GPU each)."""
-    from mbv2_search.train import available_cores
+    from mbv2_search.devices import available_cores
 
     open_study(ctx)  # create it once, before workers race to
     threads = max(1, available_cores() // workers)
@@ -274,7 +277,7 @@ def supervise(
     SIGINT or SIGTERM every worker gets SIGTERM, re-queues its trial and exits; then Interrupted is
     raised here.
     """
-    from mbv2_search.train import available_cores
+    from mbv2_search.devices import available_cores
 
     study = open_study(ctx)
     threads = max(1, available_cores() // workers)

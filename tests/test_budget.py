@@ -262,6 +262,7 @@ def test_a_damaged_journal_is_never_written_after(tmp_path, capsys, damage):
 
 
 def test_the_memory_format_is_chosen_once_per_study_so_a_rerun_is_identical(tmp_path, monkeypatch):
+    import mbv2_search.devices as devices_module
     import mbv2_search.train as train_module
 
     ctx = context(tmp_path, n_trials=1, training={"epochs": 2, "batch_size": 64, "device": "cpu"})
@@ -273,14 +274,14 @@ def test_the_memory_format_is_chosen_once_per_study_so_a_rerun_is_identical(tmp_
 
     real_train = train_module.train
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "_FORMAT_CACHE", {})
-        patch.setattr(train_module, "_probe_channels_last", lambda spec, batch: True)
+        patch.setattr(devices_module, "_FORMAT_CACHE", {})
+        patch.setattr(devices_module, "_probe_channels_last", lambda spec, batch: True)
         patch.setattr(train_module, "train", train_then_sigterm)
         with pytest.raises(Interrupted):
             work(ctx)
     # resumed on a machine whose probe now says the opposite (say, under load)
-    monkeypatch.setattr(train_module, "_FORMAT_CACHE", {})
-    monkeypatch.setattr(train_module, "_probe_channels_last", lambda spec, batch: False)
+    monkeypatch.setattr(devices_module, "_FORMAT_CACHE", {})
+    monkeypatch.setattr(devices_module, "_probe_channels_last", lambda spec, batch: False)
     work(ctx)
     rerun = open_study(ctx).get_trials()[1]
     assert rerun.user_attrs["retry_of"] == 0 and first["result"].memory_format == "channels_last"

@@ -11,12 +11,14 @@ from optuna.trial import TrialState, create_trial
 from mbv2_search.report import figures
 from mbv2_search.report.analysis import (
     error_edf,
+    front_data,
     hypervolume,
     hypervolume_history,
     pareto_mask,
     spearman,
     trials_frame,
     variant_summary,
+    width_resolution_points,
 )
 from mbv2_search.report.build import build_html, study_data, summary_markdown, write_report
 
@@ -105,9 +107,17 @@ def test_variant_summary_mean_and_std():
     )
 
 
+def test_front_data_splits_trials_into_front_dominated_and_infeasible():
+    data = front_data("s", frame(), objectives=OBJECTIVES, knobs=["width", "resolution"])
+    assert sorted(data.front["number"]) == [0, 1, 3, 5]
+    assert list(data.dominated["number"]) == [2] and list(data.infeasible["number"]) == [4]
+    empty = front_data("e", trials_frame([]), objectives=OBJECTIVES, knobs=[])
+    assert empty.front.empty and empty.dominated.empty and empty.infeasible.empty
+
+
 def test_pareto_figure_shows_every_trial_once():
-    data = frame()
-    figure = figures.pareto_figure([("s", data, OBJECTIVES, ["width", "resolution"])], "madds")
+    data = front_data("s", frame(), objectives=OBJECTIVES, knobs=["width", "resolution"])
+    figure = figures.pareto_figure([data], "madds")
     by_name = {trace.name: len(trace.x) for trace in figure.data}
     assert by_name == {"s: Pareto front (val_acc, madds)": 4, "s: dominated": 1, "s: infeasible (not trained)": 1}
 
@@ -118,9 +128,11 @@ def test_figure5_only_for_width_resolution_grids():
         for i, (w, r) in enumerate([(0.5, 16), (0.5, 32), (1.0, 16), (1.0, 32), (1.0, 32)])
     ]
     data = trials_frame(grid)
-    figure = figures.figure5(data, ["width", "resolution"])
-    assert [len(t.x) for t in figure.data] == [2, 2]  # one line per width, one point per resolution (seeds averaged)
-    assert figures.figure5(data, ["width", "resolution", "expansion"]) is None
+    points = width_resolution_points(data, ["width", "resolution"])
+    assert len(points) == 4 and list(points["runs"]) == [1, 1, 1, 2]  # seeds of a variant averaged
+    figure = figures.figure5(points)
+    assert [len(t.x) for t in figure.data] == [2, 2]  # one line per width, one point per resolution
+    assert width_resolution_points(data, ["width", "resolution", "expansion"]) is None
 
 
 def test_user_strings_are_escaped(tmp_path):
@@ -145,9 +157,7 @@ def test_report_from_a_tiny_real_study(tmp_path):
     assert page.count("plotly.js v") == 1  # the library embedded once: the page opens offline
     assert page.count('class="plotly-graph-div"') == 6  # 2 fronts, reference, hypervolume, knobs, EDF
     assert "<script src=" not in page  # nothing fetched when opened
-    shown = sum(
-        len(t.x) for t in figures.pareto_figure([("tiny", data.frame, data.objectives, data.knobs)], "madds").data
-    )
+    shown = sum(len(t.x) for t in figures.pareto_figure([data.front_data], "madds").data)
     assert shown == sum(t.state == TrialState.COMPLETE for t in trials)
     csv = pd.read_csv(ctx.report_dir / "trials.csv")
     assert len(csv) == 3 and {"width", "madds", "val_acc", "feasible"} <= set(csv.columns)

@@ -273,7 +273,8 @@ def test_multi_objective_early_stopping_stops_dominated_trials(tmp_path):
         epoch = int(t.user_attrs["prune_reason"].split("epoch ")[1].split(" ")[0])
         assert t.user_attrs["epochs"] == epoch < 3
         study = open_study(ctx)
-        assert dominators(study, t.number, epoch, t.user_attrs[rung_key(epoch)], {"madds": t.user_attrs["madds"]})
+        accuracy, costs = t.user_attrs[rung_key(epoch)], {"madds": t.user_attrs["madds"]}
+        assert dominators(study, trial_number=t.number, epoch=epoch, accuracy=accuracy, costs=costs)
     assert all(rung_key(1) in t.user_attrs for t in trials)
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,7 +10,8 @@ import torch
 from mbv2_search.arch import build_spec
 from mbv2_search.data import load_dataset
 from mbv2_search.knobs import Knobs
-from mbv2_search.train import RECIPES, TrainingDiverged, WeightEMA, train
+from mbv2_search.recipes import RECIPES
+from mbv2_search.train import TrainingDiverged, WeightEMA, train
 
 SPEC = build_spec(
     Knobs(width=0.35, resolution=16, stem_stride=1, strides=(1, 1, 2, 2, 1, 2, 1), num_classes=10, depth=0.5)
@@ -41,7 +44,7 @@ def test_training_learns_and_writes_run_folder(digits, tmp_path):
 
 
 def test_same_seed_on_cpu_gives_same_metrics(digits, tmp_path):
-    from mbv2_search.train import _FORMAT_CACHE
+    from mbv2_search.devices import _FORMAT_CACHE
 
     _FORMAT_CACHE.clear()  # the first run probes the memory format, the second finds it cached
     first = run(digits, tmp_path / "a")
@@ -85,3 +88,18 @@ def test_gpu_training_uses_bf16_and_channels_last(digits, tmp_path):
         SPEC, data, epochs=2, batch_size=128, recipe=RECIPES["fast"], seed=0, run_dir=tmp_path, device="cuda"
     )
     assert result.device.startswith("cuda") and result.memory_format == "channels_last"
+
+
+def imported_after(module: str) -> set[str]:
+    """Top-level package names in sys.modules after importing module in a fresh interpreter."""
+    code = f"import sys, {module}; print(' '.join(sorted({{name.split('.')[0] for name in sys.modules}})))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(run.stdout.split())
+
+
+def test_recipes_import_neither_torch_nor_lightning():
+    assert not imported_after("mbv2_search.recipes") & {"torch", "pytorch_lightning", "lightning"}
+
+
+def test_device_helpers_import_no_lightning():
+    assert not imported_after("mbv2_search.devices") & {"pytorch_lightning", "lightning"}

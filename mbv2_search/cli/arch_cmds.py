@@ -156,7 +156,7 @@ def table(convention: str, fmt: str, study_file: Path | None, storage: str | Non
         import torch
 
         from mbv2_search.cost import measure_latency_ms
-        from mbv2_search.train import configure_cpu, hardware_name
+        from mbv2_search.devices import configure_cpu, hardware_name
 
         configure_cpu()
         measured = {}
@@ -220,8 +220,9 @@ def latency_table(
     from rich.progress import Progress
 
     from mbv2_search.config import load_arch_file
+    from mbv2_search.devices import configure_cpu, resolve_device
+    from mbv2_search.errors import TrainingError
     from mbv2_search.latency import build_table, space_specs
-    from mbv2_search.train import TrainingError, configure_cpu, resolve_device
 
     arch_file = load_arch_file(space_file)
     try:

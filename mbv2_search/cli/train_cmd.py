@@ -18,9 +18,8 @@ from mbv2_search.datasets import DATASETS
 def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
     """A named recipe with KEY=VALUE overrides (values parsed as YAML scalars)."""
     import yaml
-    from pydantic import ValidationError
 
-    from mbv2_search.train import RECIPES
+    from mbv2_search.recipes import recipe_with
 
     values: dict[str, Any] = {}
     for item in overrides:
@@ -28,13 +27,7 @@ def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
         if not sep:
             raise UserError(f"--set: got {item!r}; allowed: KEY=VALUE with KEY a recipe field")
         values[key.strip()] = yaml.safe_load(text)
-    try:
-        return RECIPES[name].with_overrides(values)
-    except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        allowed = ", ".join(RECIPES[name].model_fields) if first["type"] == "extra_forbidden" else first["msg"]
-        raise UserError(f"--set {key}: got {first.get('input')!r}; allowed: {allowed}") from None
+    return recipe_with(name, values, path="--set")
 
 
 @cli.command()
@@ -113,8 +106,9 @@ def train(
 
     from mbv2_search.cost import costs
     from mbv2_search.data import DataError, load_dataset
+    from mbv2_search.devices import resolve_device
+    from mbv2_search.errors import TrainingError
     from mbv2_search.interrupts import SignalGuard
-    from mbv2_search.train import TrainingError, resolve_device
     from mbv2_search.train import train as run_training
 
     recipe = _recipe(recipe_name, overrides)

@@ -1,12 +1,16 @@
-"""Study analysis that returns data (pandas): the trials table and the Pareto front. No torch."""
+"""Study analysis that returns data (pandas): the trials table and the Pareto front. No torch.
+
+Figures draw what these return and compute nothing of their own (Optuna's plotting split).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from mbv2_search.pareto import minimised, non_dominated
 from mbv2_search.study import OBJECTIVES
 
 TRIAL_COLUMNS = (
@@ -70,25 +74,40 @@ def pareto_mask(frame: pd.DataFrame, objectives: list[str]) -> pd.Series:
     eligible = frame[frame["eligible"]]
     if eligible.empty:
         return mask
-    # minimise everything: negate the maximised objectives
-    points = np.column_stack(
-        [(-1 if OBJECTIVES[name] == "maximize" else 1) * eligible[name].astype(float).to_numpy() for name in objectives]
-    )
-    no_worse = (points[:, None, :] <= points[None, :, :]).all(axis=2)
-    better = (points[:, None, :] < points[None, :, :]).any(axis=2)
-    dominated = (no_worse & better).any(axis=0)  # row j dominated by some i
-    mask.loc[eligible.index] = ~dominated
+    mask.loc[eligible.index] = non_dominated(minimised(eligible, objectives))
     return mask
 
 
-def _minimised(frame: pd.DataFrame, objectives: list[str]) -> np.ndarray:
-    """Objective values turned into minimisation: error = 1 - accuracy, costs as they are."""
-    return np.column_stack(
-        [
-            (1 - frame[name].astype(float)) if OBJECTIVES[name] == "maximize" else frame[name].astype(float)
-            for name in objectives
-        ]
-    )
+class FrontData(NamedTuple):
+    """One study's trials with its Pareto front computed: what the accuracy-vs-cost figure draws."""
+
+    name: str
+    frame: pd.DataFrame
+    front_mask: pd.Series  # over frame's rows: True on the front
+    knobs: list[str]
+    objectives: list[str]
+
+    @property
+    def front(self) -> pd.DataFrame:
+        """The Pareto-optimal trials."""
+        return self.frame[self.front_mask]
+
+    @property
+    def dominated(self) -> pd.DataFrame:
+        """Trained trials off the front."""
+        return self.frame[self.frame["eligible"] & ~self.front_mask] if not self.frame.empty else self.frame
+
+    @property
+    def infeasible(self) -> pd.DataFrame:
+        """Complete trials that broke a constraint (never trained)."""
+        if self.frame.empty:
+            return self.frame
+        return self.frame[(self.frame["state"] == "COMPLETE") & self.frame["feasible"].eq(False)]
+
+
+def front_data(name: str, frame: pd.DataFrame, *, objectives: list[str], knobs: list[str]) -> FrontData:
+    """One study's trials and its Pareto front over the given objectives."""
+    return FrontData(name, frame, pareto_mask(frame, objectives), knobs, objectives)
 
 
 def reference_point(frame: pd.DataFrame, objectives: list[str]) -> np.ndarray:
@@ -129,7 +148,7 @@ def hypervolume_history(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFr
         return pd.DataFrame(columns=["number", "hypervolume"])
     reference = reference_point(frame, objectives)
     ordered = frame.sort_values("number")
-    points = _minimised(ordered, objectives)
+    points = minimised(ordered, objectives)
     eligible = ordered["eligible"].to_numpy()
     box = float(np.prod(reference))
     rows = [
@@ -162,3 +181,19 @@ def variant_summary(frame: pd.DataFrame, knobs: list[str]) -> pd.DataFrame:
         return pd.DataFrame()
     grouped = eligible.groupby(knobs, dropna=False)["val_acc"]
     return grouped.agg(runs="count", mean="mean", std="std").reset_index().sort_values("mean", ascending=False)
+
+
+def width_resolution_points(frame: pd.DataFrame, knobs: list[str]) -> pd.DataFrame | None:
+    """MAdds and mean accuracy per (width, resolution) over seeds, for the paper's Figure 5 view.
+
+    Only for studies whose varied knobs are width and resolution (and seed: points are means over
+    seeds); with other knobs varying, a line per width would zigzag between unrelated variants.
+    """
+    if not {"width", "resolution"} <= set(knobs) <= {"width", "resolution", "seed"}:
+        return None
+    eligible = frame[frame["eligible"]]
+    return (
+        eligible.groupby(["width", "resolution"])
+        .agg(madds=("madds", "first"), val_acc=("val_acc", "mean"), runs=("val_acc", "count"))
+        .reset_index()
+    )

@@ -15,12 +15,14 @@ from plotly.offline import get_plotlyjs
 from mbv2_search.ledger import counts
 from mbv2_search.report import figures
 from mbv2_search.report.analysis import (
+    FrontData,
     error_edf,
     hypervolume_history,
     pareto_mask,
     reference_point,
     trials_frame,
     variant_summary,
+    width_resolution_points,
 )
 
 
@@ -34,20 +36,27 @@ class StudyData:
     config: dict[str, Any]
     frame: pd.DataFrame
     counts: dict[str, int]  # search.counts of the same trials
+    front_mask: pd.Series  # analysis.pareto_mask of frame over objectives, computed once
+
+    @property
+    def front_data(self) -> FrontData:
+        """The trials with their front, as the figures take them."""
+        return FrontData(self.name, self.frame, self.front_mask, self.knobs, self.objectives)
 
     @property
     def front(self) -> pd.DataFrame:
         """The Pareto-optimal trials, cheapest first."""
         if self.frame.empty:
             return self.frame
-        return self.frame[pareto_mask(self.frame, self.objectives)].sort_values(self.objectives[-1])
+        return self.frame[self.front_mask].sort_values(self.objectives[-1])
 
 
 def study_data(
     name: str, trials: list[Any], objectives: list[str], knobs: list[str], config: dict[str, Any]
 ) -> StudyData:
     """Frames for one study from its Optuna trials (the report's only input from storage)."""
-    return StudyData(name, objectives, knobs, config, trials_frame(trials), counts(trials))
+    frame = trials_frame(trials)
+    return StudyData(name, objectives, knobs, config, frame, counts(trials), pareto_mask(frame, objectives))
 
 
 def _front_table(data: StudyData) -> pd.DataFrame:
@@ -132,7 +141,7 @@ def build_html(studies: list[StudyData], title: str) -> str:
     """One self-contained page: plotly's script embedded once, every figure and table after it."""
     parts = []
     costs = [c for c in ("madds", "params") if any(c in s.frame for s in studies)]
-    series = [(s.name, s.frame, s.objectives, s.knobs) for s in studies]
+    series = [s.front_data for s in studies]
     parts.append(_section("Pareto front", "".join(_figure_html(figures.pareto_figure(series, cost)) for cost in costs)))
     parts.append(
         _section("Published reference (ImageNet; different data, own panel)", _figure_html(figures.reference_figure()))
@@ -149,9 +158,9 @@ def build_html(studies: list[StudyData], title: str) -> str:
     parts.append(_section("Hypervolume", _figure_html(figures.hypervolume_figure(histories, "; ".join(references)))))
     for s in studies:
         knob_parts = [_figure_html(figures.knob_figure(s.frame, s.knobs))] if not s.frame.empty else []
-        fig5 = figures.figure5(s.frame, s.knobs) if not s.frame.empty else None
-        if fig5 is not None:
-            knob_parts.append(_figure_html(fig5))
+        points = width_resolution_points(s.frame, s.knobs) if not s.frame.empty else None
+        if points is not None:
+            knob_parts.append(_figure_html(figures.figure5(points)))
         parts.append(_section(f"How each knob matters: {s.name}", "".join(knob_parts)))
     parts.append(
         _section(

@@ -1,4 +1,4 @@
-"""Plotly figures drawn from the analysis frames. No torch, no computation beyond layout."""
+"""Plotly figures drawn from analysis data (fronts already computed). No torch, no computation beyond layout."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from mbv2_search.reference import paper_table4, tf_slim_checkpoints
-from mbv2_search.report.analysis import pareto_mask
+from mbv2_search.report.analysis import FrontData
 
 COST_TITLES = {
     "madds": "MAdds",
@@ -28,20 +28,18 @@ def _hover(frame: pd.DataFrame, knobs: list[str]) -> list[str]:
     return texts
 
 
-def pareto_figure(studies: list[tuple[str, pd.DataFrame, list[str], list[str]]], cost: str) -> go.Figure:
+def pareto_figure(studies: list[FrontData], cost: str) -> go.Figure:
     """Validation accuracy against one cost: front joined, dominated faded, infeasible as a rug at 0.
 
-    studies: (name, trials frame, objectives, knob names) per study; several overlay.
+    studies: one FrontData per study (analysis.front_data); several overlay.
     """
     figure = go.Figure()
-    for name, frame, objectives, knobs in studies:
-        label = html.escape(name)
-        if frame.empty:
+    for data in studies:
+        if data.frame.empty:
             continue
-        front_mask = pareto_mask(frame, objectives)
-        front = frame[front_mask].sort_values(cost)
-        dominated = frame[frame["eligible"] & ~front_mask]
-        infeasible = frame[(frame["state"] == "COMPLETE") & frame["feasible"].eq(False)]
+        label, objectives, knobs = html.escape(data.name), data.objectives, data.knobs
+        front = data.front.sort_values(cost)  # joined left to right
+        dominated, infeasible = data.dominated, data.infeasible
         figure.add_trace(
             go.Scatter(
                 x=front[cost],
@@ -163,20 +161,11 @@ def knob_figure(frame: pd.DataFrame, knobs: list[str]) -> go.Figure:
     return figure
 
 
-def figure5(frame: pd.DataFrame, knobs: list[str]) -> go.Figure | None:
+def figure5(points: pd.DataFrame) -> go.Figure:
     """Paper Figure 5 view: accuracy vs MAdds, one line per width across resolutions.
 
-    Only for studies whose varied knobs are width and resolution (and seed: points are means over
-    seeds); with other knobs varying, a line per width would zigzag between unrelated variants.
+    points: analysis.width_resolution_points (means over seeds per width and resolution).
     """
-    if not {"width", "resolution"} <= set(knobs) <= {"width", "resolution", "seed"}:
-        return None
-    eligible = frame[frame["eligible"]]
-    points = (
-        eligible.groupby(["width", "resolution"])
-        .agg(madds=("madds", "first"), val_acc=("val_acc", "mean"), runs=("val_acc", "count"))
-        .reset_index()
-    )
     figure = go.Figure()
     for width, group in points.groupby("width"):
         group = group.sort_values("resolution")
