@@ -278,3 +278,15 @@ def _with_expansion_shortcuts(blocks: list[Block]) -> list[Block]:
         )
         marked.append(replace(block, expansion_residual=same_shape))
     return marked
+
+
+def table_rows(spec: ArchSpec) -> list[dict[str, float | int]]:
+    """The spec's bottleneck rows, resolved, in the paper's Table 2 form (t, c, n, s, k; se: squeeze width)."""
+    rows: list[dict[str, float | int]] = []
+    for block in spec.blocks:
+        if rows and rows[-1]["row"] == block.row:
+            rows[-1]["n"] += 1
+            continue
+        first = {"row": block.row, "t": block.t, "c": block.out_channels, "n": 1, "s": block.stride, "k": block.kernel}
+        rows.append({**first, "se": block.se_channels})
+    return rows

@@ -9,7 +9,7 @@ from pydantic import Field, create_model, field_validator, model_validator
 
 from mbv2_search.arch import MOBILENET_V2, Row, Table
 from mbv2_search.knobs import KNOBS, SEARCHABLE, ArchError, KnobInfo, Knobs
-from mbv2_search.schema import ConfigError, Strict, UnknownKey, parse, read_yaml
+from mbv2_search.schema import AtKey, ConfigError, Strict, UnknownKey, parse, read_yaml
 
 
 class StemModel(Strict):
@@ -117,11 +117,25 @@ class ArchFile(Strict):
             if value.per_row and not SEARCHABLE[key].per_row:
                 per_row = [name for name, info in SEARCHABLE.items() if info.per_row]
                 raise ValueError(f"{key}: per_row is allowed only for {', '.join(per_row)}")
+            _check_values(key, value)
         return vary
 
     def to_table(self) -> Table:
         """The base table."""
         return self.table.to_table()
+
+
+def _check_values(key: str, values: Range) -> None:
+    """Every choice, and both ends of a range, allowed by the knob's declaration (knobs.py)."""
+    info = SEARCHABLE[key]
+    named = [(f"choices[{i}]", v) for i, v in enumerate(values.choices)] if values.choices is not None else []
+    for end in ("low", "high"):
+        value = getattr(values, end)
+        if value is not None:  # YAML reads a range's ends as floats: an integer knob takes whole ones
+            named.append((end, int(value) if info.kind is int and float(value).is_integer() else value))
+    for where, value in named:
+        if not info.accepts(value):
+            raise AtKey(f"{key}.{where}", f"got {value!r}; allowed: {info.allowed()}")
 
 
 def load_arch_file(path: str | Path) -> ArchFile:

@@ -13,7 +13,7 @@ import optuna
 
 from mbv2_search import __version__, ledger, space
 from mbv2_search import optuna_private as private
-from mbv2_search.arch import ArchSpec, build_spec
+from mbv2_search.arch import ArchSpec, build_spec, table_rows
 from mbv2_search.cost import costs
 from mbv2_search.datasets import DATASETS
 from mbv2_search.search import Context
@@ -38,10 +38,7 @@ def candidate_attrs(
     """What is known of a candidate before training: knobs, block layout, costs, seed, code version."""
     return {
         "knobs": spec.knobs.as_dict(),
-        "blocks": [
-            [b.row, b.t, b.in_channels, b.hidden_channels, b.out_channels, b.stride, b.kernel, b.in_size]
-            for b in spec.blocks
-        ],
+        "block_table": table_rows(spec),  # named; knobs + the space's table rebuild every block
         "bn_params": cost.bn_params,
         "version": __version__,
         "seed": seed,
@@ -161,7 +158,7 @@ class Evaluator:
             return None
         from mbv2_search.pruning import RungPruner
 
-        return RungPruner(trial.study, trial, cost_objectives, study.pruning, study.training.epochs)
+        return RungPruner(trial.study, trial, costs=cost_objectives, config=study.pruning, epochs=study.training.epochs)
 
     def _fit(self, trial: optuna.Trial, spec: ArchSpec, data: Any, *, seed: int, callbacks: Sequence[Any]) -> Any:
         """Train the candidate with the study's budget in its own run folder."""

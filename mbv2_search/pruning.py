@@ -56,7 +56,7 @@ class RungPruner(pl.Callback):
     """Reports validation accuracy at each rung and stops training when the rung's peers dominate it."""
 
     def __init__(
-        self, study: optuna.Study, trial: optuna.Trial, costs: dict[str, float], config: PruningModel, epochs: int
+        self, study: optuna.Study, trial: optuna.Trial, *, costs: dict[str, float], config: PruningModel, epochs: int
     ) -> None:
         self.study, self.trial, self.costs, self.config = study, trial, costs, config
         self.rungs = set(config.rungs(epochs))

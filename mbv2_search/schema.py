@@ -29,6 +29,14 @@ class UnknownKey(ValueError):
         super().__init__(name)
 
 
+class AtKey(ValueError):
+    """Raised by validators for a bad value deeper than the validated field: `key` extends its location."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
 class SecretValue(ValueError):
     """A validator's error whose input must not be echoed (it holds a credential)."""
 
@@ -125,6 +133,8 @@ def _config_error(model: type[BaseModel], err: ValidationError, path: str | Path
     cause = ctx.get("error") if isinstance(ctx, dict) else None
     if isinstance(cause, UnknownKey):
         return ConfigError(path, _dotted((*loc, cause.name)), unknown_key(cause.name, cause.allowed))
+    if isinstance(cause, AtKey):
+        return ConfigError(path, f"{key}.{cause.key}", str(cause))
     message = str(cause) if cause is not None else first["msg"]
     if isinstance(cause, SecretValue):
         return ConfigError(path, key, message)

@@ -161,23 +161,13 @@ def work(
     with guard or SignalGuard() as guard:
         while True:
             guard.check()
-            if stop is not None and stop.is_set():
-                report.stopped = "stop"
-                break
-            if deadline is not None and time.time() >= deadline:
-                report.stopped = "timeout"
-                break
-            report.recovered += len(ledger.recover_stale(study, 3 * beat))
-            spent = ledger.budget(study.get_trials(deepcopy=False))
-            if spent.done >= n_trials:
-                break
-            exhausted = size is not None and spent.candidates >= size
-            if exhausted and not spent.running:
-                report.stopped = "exhausted"
-                break
-            if exhausted or spent.done + spent.running >= n_trials:
+            step = _next_step(ctx, study, report, stop=stop, deadline=deadline, size=size)
+            if step == "wait":
                 time.sleep(min(1.0, beat))  # other workers hold the last slots; theirs may come back to us
                 continue
+            if step:
+                report.stopped = "" if step == "done" else step
+                break
             if size is not None and report.streak >= 2 and ctx.study.sampler.name != "grid":
                 _nudge(ctx, study, len(study.get_trials(deepcopy=False)))
             guard.check()
@@ -195,6 +185,31 @@ def work(
             if on_event:
                 on_event("end", private.storage_of(study).get_trial(private.trial_id(trial)))
     return report
+
+
+def _next_step(
+    ctx: Context,
+    study: optuna.Study,
+    report: WorkerReport,
+    *,
+    stop: threading.Event | None,
+    deadline: float | None,
+    size: int | None,
+) -> str:
+    """'' to run a trial; 'wait' while other workers hold the last slots; else why this worker stops
+    ('stop', 'timeout', 'exhausted', or 'done' when n_trials counted trials are finished)."""
+    if stop is not None and stop.is_set():
+        return "stop"
+    if deadline is not None and time.time() >= deadline:
+        return "timeout"
+    report.recovered += len(ledger.recover_stale(study, 3 * ctx.study.heartbeat_seconds))
+    spent = ledger.budget(study.get_trials(deepcopy=False))
+    if spent.done >= ctx.study.n_trials:
+        return "done"
+    exhausted = size is not None and spent.candidates >= size
+    if exhausted and not spent.running:
+        return "exhausted"
+    return "wait" if exhausted or spent.done + spent.running >= ctx.study.n_trials else ""
 
 
 def _worker_process(path: str, storage_url: str, reports_root: str, device: str, threads: int) -> None:

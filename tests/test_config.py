@@ -76,6 +76,14 @@ def test_directory_and_missing_file(tmp_path):
             "per_row is allowed only for expansion, strides, kernels, row_widths, repeats",
         ),
         ("knobs: {resolution: 16}", "knobs.resolution: got 16; allowed: >= 17"),
+        ("vary: {se_ratio: {choices: [0, 2]}}", "vary.se_ratio.choices[1]: got 2; allowed: a number in [0, 1]"),
+        ("vary: {strides: {choices: [1, 3], per_row: true}}", "vary.strides.choices[1]: got 3; allowed: 1 or 2"),
+        ("vary: {repeats: {low: 0, high: 3, per_row: true}}", "vary.repeats.low: got 0; allowed: an integer 1..32"),
+        ("vary: {row_widths: {low: 0.5, high: 9}}", "vary.row_widths.high: got 9.0; allowed: a number in (0, 4]"),
+        ("vary: {resolution: {low: 17, high: 224}}", None),  # integer ranges read as floats in YAML
+        ("vary: {repeats: {low: 1, high: 3, per_row: true}, strides: {choices: [1, 2], per_row: true}}", None),
+        ("knobs: {row_widths: [1, 1]}", "knobs.row_widths: got [1.0, 1.0]; allowed: 7 values, one per row"),
+        ("knobs: {se_ratio: -0.5}", "knobs.se_ratio: got -0.5; allowed: a number in [0, 1]"),
         ("knobs: {width: 0.01}", None),  # rounds up to 8 channels: valid, never zero
     ],
 )

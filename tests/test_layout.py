@@ -89,3 +89,21 @@ def test_private_optuna_calls_live_in_one_module():
 def test_no_module_is_much_over_400_lines():
     sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     assert {name: n for name, n in sizes.items() if n > 420} == {}
+
+
+def test_each_knob_is_derived_everywhere_from_its_one_declaration():
+    """Schema field, CLI flag, vary: rule and validation all come from knobs.KNOBS: none is listed elsewhere."""
+    from click.testing import CliRunner
+
+    from mbv2_search.cli import cli
+    from mbv2_search.config import KnobsModel
+    from mbv2_search.knobs import KNOBS, SEARCHABLE
+
+    assert set(KnobsModel.model_fields) == set(KNOBS)
+    options = {name for param in cli.commands["cost"].params for name in [param.name]}
+    assert set(KNOBS) <= options
+    help_text = CliRunner().invoke(cli, ["cost", "--help"], terminal_width=200).output
+    for name, info in KNOBS.items():
+        assert (info.flag or "--" + name.replace("_", "-")).split("/")[0] in help_text
+    assert set(SEARCHABLE) == {n for n, i in KNOBS.items() if i.searchable} | {"seed"}
+    assert {"row_widths", "repeats", "strides", "se_ratio", "kernels", "expansion"} <= set(SEARCHABLE)

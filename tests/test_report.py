@@ -136,7 +136,13 @@ def test_figure5_only_for_width_resolution_grids():
 
 
 def test_user_strings_are_escaped(tmp_path):
-    data = study_data("<script>alert(1)</script>", TRIALS, OBJECTIVES, ["width", "resolution"], {"name": "<b>x</b>"})
+    data = study_data(
+        "<script>alert(1)</script>",
+        TRIALS,
+        objectives=OBJECTIVES,
+        knobs=["width", "resolution"],
+        config={"name": "<b>x</b>"},
+    )
     page = build_html([data], "t")
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
 
@@ -150,9 +156,13 @@ def test_report_from_a_tiny_real_study(tmp_path):
     work(ctx)
     trials = open_study(ctx).get_trials()
     data = study_data(
-        "tiny", trials, ctx.study.objectives, ["width", "resolution", "expansion"], ctx.study.model_dump(mode="json")
+        "tiny",
+        trials,
+        objectives=ctx.study.objectives,
+        knobs=["width", "resolution", "expansion"],
+        config=ctx.study.model_dump(mode="json"),
     )
-    written = write_report([data], [ctx.report_dir], tmp_path / "out")
+    written = write_report([data], study_dirs=[ctx.report_dir], out_dir=tmp_path / "out")
     page = written["report.html"].read_text()
     assert page.count("plotly.js v") == 1  # the library embedded once: the page opens offline
     assert page.count('class="plotly-graph-div"') == 6  # 2 fronts, reference, hypervolume, knobs, EDF

@@ -12,10 +12,12 @@ import yaml
 from optuna.trial import TrialState
 
 from mbv2_search import ledger
+from mbv2_search.arch import build_spec, table_rows
 from mbv2_search.cli import main
 from mbv2_search.config import load_arch_file
 from mbv2_search.export import export_trial
 from mbv2_search.interrupts import Interrupted
+from mbv2_search.knobs import Knobs
 from mbv2_search.ledger import EXCLUDED, counts
 from mbv2_search.model import build_model
 from mbv2_search.search import load_context
@@ -71,7 +73,7 @@ def test_study_runs_to_n_trials_and_records_everything(tmp_path):
     attrs = trials[0].user_attrs
     for key in (
         "knobs",
-        "blocks",
+        "block_table",
         "madds",
         "params",
         "peak_activation_bytes",
@@ -87,6 +89,13 @@ def test_study_runs_to_n_trials_and_records_everything(tmp_path):
     ):
         assert key in attrs, key
     assert attrs["fvcore_madds"] == attrs["madds"]
+    spec = build_spec(
+        Knobs(**{k: tuple(v) if isinstance(v, list) else v for k, v in attrs["knobs"].items()}),
+        ctx.arch_file.to_table(),
+    )
+    assert attrs["block_table"] == table_rows(spec) and sum(row["n"] for row in attrs["block_table"]) == len(
+        spec.blocks
+    )
     assert (ctx.report_dir / "trials" / "00000" / "best.ckpt").is_file()
 
 
@@ -178,6 +187,31 @@ def test_export_round_trips(tmp_path, capsys):
     model.load_state_dict(torch.load(written["weights"], weights_only=True))
     main(["cost", "--json", "--table", written["table"]])  # what a user does with the exported table
     assert f'"madds": {trial.user_attrs["madds"]}' in capsys.readouterr().out
+
+
+def test_per_row_knobs_and_squeeze_excite_search_train_and_export(tmp_path):
+    """row_widths, repeats and strides vary per row and se_ratio per study, end to end: the stored costs are the
+    exported model's and the weights load into it."""
+    space = {
+        **SPACE,
+        "knobs": {"num_classes": 10, "resolution": 12},
+        "vary": {
+            "row_widths": {"choices": [0.5, 1.5], "per_row": True},
+            "repeats": {"low": 1, "high": 2, "per_row": True},
+            "strides": {"choices": [1, 2], "per_row": True},
+            "se_ratio": {"choices": [0.0, 0.25]},
+        },
+    }
+    ctx = load_context(write_study(tmp_path, space=space, n_trials=2), reports_root=tmp_path / "reports")
+    work(ctx)
+    for trial in open_study(ctx).get_trials():
+        assert trial.state.name == "COMPLETE" and "strides_2" in trial.params and "se_ratio" in trial.params
+        written = export_trial(ctx, trial.number, out_dir=tmp_path / f"out{trial.number}")
+        arch_file = load_arch_file(written["table"])
+        spec = build_spec(arch_file.knobs.to_knobs(), arch_file.to_table())
+        assert [row["n"] for row in table_rows(spec)] == [trial.params[f"repeats_{i}"] for i in range(3)]
+        assert trial.user_attrs["fvcore_madds"] == trial.user_attrs["madds"]
+        build_model(spec).load_state_dict(torch.load(written["weights"], weights_only=True))
 
 
 BAD_STUDIES = [

@@ -164,16 +164,16 @@ def report(study_files: tuple[Path, ...], storage: str | None, reports: Path, ou
             study_data(
                 ctx.study.name,
                 study.get_trials(deepcopy=False),
-                ctx.study.objectives,
-                param_names(ctx.arch_file),
-                config,
+                objectives=ctx.study.objectives,
+                knobs=param_names(ctx.arch_file),
+                config=config,
             )
         )
         folders.append(ctx.report_dir)
     names = [s.name for s in studies]
     out = out or (folders[0] if len(studies) == 1 else reports / ("compare-" + "-".join(names)))
     try:
-        written = write_report(studies, folders, out)
+        written = write_report(studies, study_dirs=folders, out_dir=out)
     except OSError as err:
         raise UserError(f"{err.filename or out}: cannot write the report ({err.strerror})") from None
     for name, path in written.items():

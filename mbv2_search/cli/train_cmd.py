@@ -104,23 +104,12 @@ def train(
     """Train one variant (architecture flags as for `cost`) and report accuracy, time and costs."""
     import time
 
-    from mbv2_search.cost import costs
-    from mbv2_search.data import DataError, load_dataset
-    from mbv2_search.devices import resolve_device
     from mbv2_search.errors import TrainingError
     from mbv2_search.interrupts import SignalGuard
     from mbv2_search.train import train as run_training
 
     recipe = _recipe(recipe_name, overrides)
-    try:
-        torch_device = resolve_device(device)
-        data = load_dataset(dataset, spec.resolution, device=torch_device, data_dir=data_dir, workers=workers)
-    except (DataError, TrainingError, RuntimeError) as err:
-        raise UserError(str(err)) from None
-    if data.num_classes != spec.num_classes:
-        from dataclasses import replace
-
-        spec = build_spec(replace(spec.knobs, num_classes=data.num_classes), spec.table)
+    spec, data = _data_for(spec, dataset, data_dir=data_dir, device=device, workers=workers)
     run_dir = run_dir or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     try:
         with SignalGuard() as guard, guard.interruptible():  # Ctrl-C exits 130, not Lightning's 1
@@ -141,6 +130,32 @@ def train(
     except TrainingError as err:
         click.echo(f"mbv2-search train: {type(err).__name__}: {err}", err=True)
         sys.exit(1)
+    _print_result(spec, result, dataset=dataset, recipe=recipe, as_json=as_json)
+
+
+def _data_for(
+    spec: ArchSpec, dataset: str, *, data_dir: Path | None, device: str, workers: int
+) -> tuple[ArchSpec, Any]:
+    """The dataset on the training device, and the spec with the dataset's class count."""
+    from dataclasses import replace
+
+    from mbv2_search.data import DataError, load_dataset
+    from mbv2_search.devices import resolve_device
+    from mbv2_search.errors import TrainingError
+
+    try:
+        torch_device = resolve_device(device)
+        data = load_dataset(dataset, spec.resolution, device=torch_device, data_dir=data_dir, workers=workers)
+    except (DataError, TrainingError, RuntimeError) as err:
+        raise UserError(str(err)) from None
+    if data.num_classes != spec.num_classes:
+        spec = build_spec(replace(spec.knobs, num_classes=data.num_classes), spec.table)
+    return spec, data
+
+
+def _print_result(spec: ArchSpec, result: Any, *, dataset: str, recipe: Any, as_json: bool) -> None:
+    from mbv2_search.cost import costs
+
     cost_ = costs(spec)
     payload = {
         **result.as_dict(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mbv2_search.arch import ArchSpec
+from mbv2_search.arch import ArchSpec, table_rows
 from mbv2_search.cost import activation_table
 from mbv2_search.layers import Layer, layers
 
@@ -31,19 +31,18 @@ def arch_table(spec: ArchSpec) -> pd.DataFrame:
             *_cost(spec, [stem]),
         )
     ]
-    for row_index in sorted({b.row for b in spec.blocks}):
-        blocks = [b for b in spec.blocks if b.row == row_index]
-        first = blocks[0]
+    for row in table_rows(spec):
+        first = next(b for b in spec.blocks if b.row == row["row"])
         rows.append(
             _row(
                 f"{first.in_size}² × {first.in_channels}",
-                "bottleneck",
-                first.t,
-                first.out_channels,
-                len(blocks),
-                first.stride,
-                first.kernel,
-                *_cost(spec, [layer for layer in all_layers[1:-2] if layer.row == row_index]),
+                f"bottleneck + SE {row['se']}" if row["se"] else "bottleneck",
+                row["t"],
+                row["c"],
+                row["n"],
+                row["s"],
+                row["k"],
+                *_cost(spec, [layer for layer in all_layers[1:-2] if layer.row == row["row"]]),
             )
         )
     final = spec.final_size

@@ -52,7 +52,7 @@ class StudyData:
 
 
 def study_data(
-    name: str, trials: list[Any], objectives: list[str], knobs: list[str], config: dict[str, Any]
+    name: str, trials: list[Any], *, objectives: list[str], knobs: list[str], config: dict[str, Any]
 ) -> StudyData:
     """Frames for one study from its Optuna trials (the report's only input from storage)."""
     frame = trials_frame(trials)
@@ -185,7 +185,7 @@ def build_html(studies: list[StudyData], title: str) -> str:
     )
 
 
-def write_report(studies: list[StudyData], study_dirs: list[Path], out_dir: Path) -> dict[str, Path]:
+def write_report(studies: list[StudyData], *, study_dirs: list[Path], out_dir: Path) -> dict[str, Path]:
     """Write each study's trials.csv and pareto.csv in its folder; report.html and summary.md in out_dir."""
     written = {}
     for data, folder in zip(studies, study_dirs):
