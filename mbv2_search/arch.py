@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any
 
 from mbv2_search.conventions import CONVENTIONS, Convention
-from mbv2_search.knobs import KERNELS, STRIDES, ArchError, Knobs, check_knobs, per_row_values
-
-DepthRounding = Literal["ceil", "round"]
-BottleneckActivation = Literal["linear", "relu6"]
-Shortcut = Literal["bottleneck", "expansion", "none"]
+from mbv2_search.knobs import KNOBS, ArchError, KnobInfo, Knobs, check_knobs, per_row_values
 
 
 def make_divisible(value: float, divisor: int = 8, *, min_value: int | None = None) -> int:
@@ -99,8 +95,8 @@ class ArchSpec:
     head_channels: int
     num_classes: int
     convention: str
-    bottleneck_activation: BottleneckActivation
-    shortcut: Shortcut
+    bottleneck_activation: str
+    shortcut: str
     dropout: float
     knobs: Knobs = field(compare=False)
     table: Table = field(compare=False)
@@ -127,39 +123,24 @@ def _check(name: str, value: object, ok: bool, allowed: str) -> None:
         raise ArchError(name, value, allowed)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+# A table's t, n, s and k obey the knobs that replace them (expansion, repeats, strides, kernels).
+_ROW_RULES = {"t": KNOBS["expansion"], "n": KNOBS["repeats"], "s": KNOBS["strides"], "k": KNOBS["kernels"]}
+_CHANNELS = KnobInfo(help="", kind=int, low=1, high=4096)
 
 
 def validate_table(table: Table) -> None:
     """Raise ArchError for any table value a MobileNetV2 cannot have."""
     _check("rows", len(table.rows), 1 <= len(table.rows) <= 32, "1 to 32 rows")
-    _check(
-        "stem.c",
-        table.stem_channels,
-        _is_int(table.stem_channels) and 1 <= table.stem_channels <= 4096,
-        "an integer 1..4096",
-    )
-    _check("stem.s", table.stem_stride, table.stem_stride in STRIDES, "1 or 2")
-    _check(
-        "head.c",
-        table.head_channels,
-        _is_int(table.head_channels) and 1 <= table.head_channels <= 16384,
-        "an integer 1..16384",
-    )
+    checks = [("stem.c", table.stem_channels, _CHANNELS), ("stem.s", table.stem_stride, KNOBS["stem_stride"])]
+    checks.append(("head.c", table.head_channels, replace(_CHANNELS, high=16384)))
     for i, row in enumerate(table.rows):
-        _check(f"rows[{i}].t", row.t, _is_number(row.t) and 1 <= row.t <= 32, "a number 1..32")
-        _check(f"rows[{i}].c", row.c, _is_int(row.c) and 1 <= row.c <= 4096, "an integer 1..4096")
-        _check(f"rows[{i}].n", row.n, _is_int(row.n) and 1 <= row.n <= 32, "an integer 1..32")
-        _check(f"rows[{i}].s", row.s, row.s in STRIDES, "1 or 2")
-        _check(f"rows[{i}].k", row.k, row.k in KERNELS, "3, 5 or 7")
+        checks += [(f"rows[{i}].{name}", getattr(row, name), rule) for name, rule in _ROW_RULES.items()]
+        checks.append((f"rows[{i}].c", row.c, _CHANNELS))
+    for name, value, rule in checks:
+        _check(name, value, rule.accepts(value), rule.allowed())
 
 
-def scaled_repeats(n: int, depth: float, *, rounding: DepthRounding) -> int:
+def scaled_repeats(n: int, depth: float, *, rounding: str) -> int:
     """Repeats of a row under a depth multiplier (timm's depth truncation), at least 1."""
     scaled = math.ceil(n * depth) if rounding == "ceil" else round(n * depth)
     return max(1, int(scaled))
@@ -169,10 +150,10 @@ def _resolved_rows(table: Table, knobs: Knobs) -> list[tuple[Row, float]]:
     """Each table row with the per-row knobs applied, and its channel multiplier (width x row width)."""
     count = len(table.rows)
     expansion = knobs.expansion if isinstance(knobs.expansion, (tuple, list)) else None
-    repeats = per_row_values("repeats", knobs.repeats, n_rows=count)
-    strides = per_row_values("strides", knobs.strides, n_rows=count)
-    kernels = per_row_values("kernels", knobs.kernels, n_rows=count)
-    row_widths = per_row_values("row_widths", knobs.row_widths, n_rows=count) or (1.0,) * count
+    repeats = per_row_values(knobs.repeats, count)
+    strides = per_row_values(knobs.strides, count)
+    kernels = per_row_values(knobs.kernels, count)
+    row_widths = per_row_values(knobs.row_widths, count) or (1.0,) * count
     rows = []
     for i, row in enumerate(table.rows):
         t = expansion[i] if expansion else row.t
@@ -280,13 +261,15 @@ def _with_expansion_shortcuts(blocks: list[Block]) -> list[Block]:
     return marked
 
 
-def table_rows(spec: ArchSpec) -> list[dict[str, float | int]]:
-    """The spec's bottleneck rows, resolved, in the paper's Table 2 form (t, c, n, s, k; se: squeeze width)."""
-    rows: list[dict[str, float | int]] = []
+def table_rows(spec: ArchSpec) -> list[dict[str, Any]]:
+    """The spec's bottleneck rows, resolved, in the paper's Table 2 form (t, c, n, s, k), with each block's
+    squeeze-excite width (se: one per block, [] without squeeze-excite)."""
+    rows: list[dict[str, Any]] = []
     for block in spec.blocks:
-        if rows and rows[-1]["row"] == block.row:
-            rows[-1]["n"] += 1
-            continue
-        first = {"row": block.row, "t": block.t, "c": block.out_channels, "n": 1, "s": block.stride, "k": block.kernel}
-        rows.append({**first, "se": block.se_channels})
+        if not rows or rows[-1]["row"] != block.row:
+            first = {"row": block.row, "t": block.t, "c": block.out_channels, "n": 0, "s": block.stride}
+            rows.append({**first, "k": block.kernel, "se": []})
+        rows[-1]["n"] += 1
+        if block.se_channels:
+            rows[-1]["se"].append(block.se_channels)
     return rows

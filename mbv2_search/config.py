@@ -136,6 +136,10 @@ def _check_values(key: str, values: Range) -> None:
     for where, value in named:
         if not info.accepts(value):
             raise AtKey(f"{key}.{where}", f"got {value!r}; allowed: {info.allowed()}")
+    if values.step is not None and not (values.step > 0 and (info.kind is not int or float(values.step).is_integer())):
+        raise AtKey(
+            f"{key}.step", f"got {values.step!r}; allowed: {'a whole number' if info.kind is int else 'a number'} > 0"
+        )
 
 
 def load_arch_file(path: str | Path) -> ArchFile:

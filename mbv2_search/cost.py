@@ -2,8 +2,8 @@
 
 Conventions (DESIGN.md section 3): MAdds are the multiply-accumulates of convolutions and the
 classifier at batch 1; BatchNorm, activations, residual adds and pooling count 0. Parameters are
-conv weights, classifier weight and bias, and BatchNorm weight and bias where the convention counts
-them (torchvision, timm) but not TF-Slim's.
+conv weights, the biases of the classifier and of squeeze-excite's convs, and BatchNorm weight and
+bias where the convention counts them (torchvision, timm) but not TF-Slim's.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def activation_table(spec: ArchSpec, bytes_per_value: int = 2) -> list[Activatio
     Follows paper Table 3 and section 5: a bottleneck block streams its expansion, so only the
     bottleneck tensors between blocks are materialized; the stem is streamed into a first block
     without expansion ("the trick" for the first layer), and the head conv into the global pool.
-    Expansions that carry a shortcut (Fig. 6b ablation) must be materialized. The input image is
-    not counted. For MobileNetV2 1.0 at 224 the peak is 112x112x16 at 16 bits: 401,408 bytes.
+    Expansions that carry a shortcut (Fig. 6b ablation) must be materialized, and so must a
+    depthwise output that a squeeze-excite gates (its mean over every position comes before any
+    output). The input image is not counted. For MobileNetV2 1.0 at 224 the peak is 112x112x16 at 16 bits: 401,408 bytes.
     """
     tensors: list[tuple[int, int]] = []  # (side length, channels)
     if spec.blocks[0].expand:
@@ -61,6 +62,8 @@ def activation_table(spec: ArchSpec, bytes_per_value: int = 2) -> list[Activatio
         following = spec.blocks[index + 1] if index + 1 < len(spec.blocks) else None
         if block.expansion_residual or (following is not None and following.expansion_residual):
             tensors.append((block.in_size, block.hidden_channels))
+        if block.se_channels:
+            tensors.append((block.out_size, block.hidden_channels))
         tensors.append((block.out_size, block.out_channels))
     tensors += [(1, spec.head_channels), (1, spec.num_classes)]
     widest: dict[int, int] = {}

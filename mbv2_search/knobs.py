@@ -52,7 +52,7 @@ class KnobInfo:
             return "true or false"
         noun = "an integer" if self.kind is int else "a number"
         if self.kind is int:
-            return f"{noun} {self.low:g}..{self.high:g}"
+            return f"{noun} {self.low:,}..{self.high:,}" if abs(self.high) > 10**6 else f"{noun} {self.low:g}..{self.high:g}"
         return f"{noun} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
     def accepts(self, value: object) -> bool:
@@ -148,7 +148,7 @@ class Knobs:
     )
     row_widths: PerRow = knob(
         None,
-        help="Multiplier on each row's channels c (rounded by the convention): one for every row, or one per row.",
+        help="Multiplier on each row's channels c (one make_divisible rounding of c x width x it): one for every row, or one per row.",
         kind=float,
         low=0,
         high=4,
@@ -238,7 +238,7 @@ SEED = KnobInfo(
 SEARCHABLE: dict[str, KnobInfo] = {**{n: i for n, i in KNOBS.items() if i.searchable}, "seed": SEED}
 
 
-def per_row_values(name: str, value: Any, *, n_rows: int) -> tuple | None:
+def per_row_values(value: Any, n_rows: int) -> tuple | None:
     """A per-row knob as one value per row (None stays None; one value is every row's)."""
     if value is None:
         return None

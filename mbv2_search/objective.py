@@ -6,14 +6,14 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import MISSING, fields, replace
 from typing import Any
 
 import optuna
 
 from mbv2_search import __version__, ledger, space
 from mbv2_search import optuna_private as private
-from mbv2_search.arch import ArchSpec, build_spec, table_rows
+from mbv2_search.arch import ArchSpec, Block, build_spec, table_rows
 from mbv2_search.cost import costs
 from mbv2_search.datasets import DATASETS
 from mbv2_search.search import Context
@@ -45,6 +45,23 @@ def candidate_attrs(
         "latency_source": latency_source,
         **measured,
     }
+
+
+def _block_shape(block: Block) -> list[Any]:
+    """A block in the memory-format key: the fields of 0.1.0 (so its stored choices still apply), then every
+    field added since with a default (squeeze-excite, expansion shortcut, any later one) where it is set."""
+    shape: list[Any] = [
+        block.t,
+        block.in_channels,
+        block.hidden_channels,
+        block.out_channels,
+        block.stride,
+        block.kernel,
+    ]
+    added = {
+        f.name: getattr(block, f.name) for f in fields(block) if f.default not in (MISSING, getattr(block, f.name))
+    }
+    return [*shape, added] if added else shape
 
 
 class Evaluator:
@@ -217,7 +234,7 @@ class Evaluator:
         if self.device.type == "cuda":
             return "channels_last"
         shape = [self.hardware, batch_size, spec.resolution, spec.stem_channels, spec.head_channels]
-        shape.append([[b.t, b.in_channels, b.hidden_channels, b.out_channels, b.stride, b.kernel] for b in spec.blocks])
+        shape.append([_block_shape(b) for b in spec.blocks])
         key = "memory_format:" + hashlib.sha1(json.dumps(shape).encode()).hexdigest()[:16]
         stored = study.user_attrs.get(key)
         if stored is None:

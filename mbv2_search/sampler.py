@@ -3,30 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import optuna
 
 from mbv2_search import space
+from mbv2_search.config import ArchFile
 
-if TYPE_CHECKING:
-    from mbv2_search.search import Context
+# The samplers a study may name (sampler.name), each with the keyword options of its class.
+SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
+    "tpe": optuna.samplers.TPESampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
+    "random": optuna.samplers.RandomSampler,
+    "grid": optuna.samplers.GridSampler,
+    "gp": optuna.samplers.GPSampler,
+}
 
 
-def make_sampler(ctx: Context) -> optuna.samplers.BaseSampler:
-    """The study's sampler, seeded per trial; Optuna 5 reads constraints from trial.set_constraint."""
-    config = ctx.study.sampler
+def make_sampler(config: Any, arch_file: ArchFile) -> optuna.samplers.BaseSampler:
+    """The study's sampler (its `sampler:` section), seeded per trial; Optuna 5 reads constraints from
+    trial.set_constraint."""
     options = dict(config.options)
     if config.name == "grid":  # one seed: it shuffles the grid, and trial n takes point n of that order
-        return _GridSampler(options.get("grid") or space.grid(ctx.arch_file), seed=config.seed)
-    kinds: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
-        "random": optuna.samplers.RandomSampler,
-        "nsga2": optuna.samplers.NSGAIISampler,
-        "gp": optuna.samplers.GPSampler,
-        "tpe": optuna.samplers.TPESampler,
-    }
-    return TrialSeeded(lambda seed: kinds[config.name](seed=seed, **options), config.seed)
+        return _GridSampler(options.get("grid") or space.grid(arch_file), seed=config.seed)
+    return TrialSeeded(lambda seed: SAMPLERS[config.name](seed=seed, **options), config.seed)
 
 
 def trial_seed(study_seed: int, number: int) -> int:

@@ -87,8 +87,10 @@ def cheapest_knobs(arch_file: ArchFile, **fixed: Any) -> list[Knobs]:
     """Candidates among which the least cost of the space lies, for checking constraints before any trial.
 
     MAdds, parameters and activation memory never decrease as a knob declared `cost="rises"` grows
-    (make_divisible and 'SAME' sizes are monotone), so those take their least value; the others (strides,
-    categorical choices) take every value in every combination.
+    (make_divisible and 'SAME' sizes are monotone), so those take their least value. Categorical knobs
+    take every choice. A stride (`cost="falls"`) lowers the cost of every later layer, and one taken
+    earlier lowers it more, but too many make the resolution too small: so per-row strides take "the
+    first k rows at the largest stride" for every k (rows + 1 candidates, not 2^rows).
     """
     import itertools
 
@@ -99,13 +101,14 @@ def cheapest_knobs(arch_file: ArchFile, **fixed: Any) -> list[Knobs]:
         if knob == "seed":
             continue
         options = values.choices if values.choices is not None else _range_ends(knob, values)
-        rows = len(arch_file.table.rows) if values.per_row else 1
+        rows = len(arch_file.table.rows)
         if info.cost == "rises":
             value = int(min(options)) if info.kind is int else min(options)  # YAML ranges read as floats
             least[knob] = tuple([value] * rows) if values.per_row else value
+        elif values.per_row:  # a per-row stride
+            spread[knob] = [(max(options),) * k + (min(options),) * (rows - k) for k in range(rows + 1)]
         else:
-            combos = itertools.product(options, repeat=rows)
-            spread[knob] = [c if values.per_row else c[0] for c in combos]
+            spread[knob] = list(options)
     combos = [dict(zip(spread, combo)) for combo in itertools.product(*spread.values())]
     return [arch_file.knobs.to_knobs(**least, **combo, **fixed) for combo in combos]
 

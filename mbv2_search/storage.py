@@ -71,9 +71,15 @@ def open_study(ctx: Context, *, create: bool = True) -> optuna.Study:
         raise KeyError(name)  # reading a study that was never run must not create its folder
     storage = make_storage(ctx.storage_url)
     if not create:
-        return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(ctx))
+        return optuna.load_study(
+            study_name=name, storage=storage, sampler=make_sampler(ctx.study.sampler, ctx.arch_file)
+        )
     study = optuna.create_study(
-        study_name=name, storage=storage, sampler=make_sampler(ctx), directions=ctx.directions, load_if_exists=True
+        study_name=name,
+        storage=storage,
+        sampler=make_sampler(ctx.study.sampler, ctx.arch_file),
+        directions=ctx.directions,
+        load_if_exists=True,
     )
     fingerprint = space_fingerprint(ctx)
     stored = study.user_attrs.get("fingerprint")

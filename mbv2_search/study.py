@@ -12,6 +12,7 @@ from mbv2_search import space
 from mbv2_search.config import ArchFile, check_arch, load_arch_file
 from mbv2_search.datasets import DATASETS
 from mbv2_search.recipes import RECIPES, Recipe, recipe_with
+from mbv2_search.sampler import SAMPLERS
 from mbv2_search.schema import ConfigError, SecretValue, Strict, UnknownKey, parse, read_yaml, unknown_key
 
 OBJECTIVES = {
@@ -21,7 +22,7 @@ OBJECTIVES = {
     "peak_activation_bytes": "minimize",
     "latency_ms": "minimize",
 }
-COSTS = ("madds", "params", "peak_activation_bytes", "latency_ms")
+COSTS = tuple(name for name, direction in OBJECTIVES.items() if direction == "minimize")
 
 
 class DataModel(Strict):
@@ -46,7 +47,7 @@ class TrainingModel(Strict):
 
 
 class SamplerModel(Strict):
-    name: Literal["tpe", "nsga2", "random", "grid", "gp"] = "tpe"
+    name: Literal[tuple(SAMPLERS)] = "tpe"  # type: ignore[valid-type]
     seed: int | None = 0
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -84,7 +85,7 @@ class StudyFile(Strict):
     space: str | ArchFile
     data: DataModel = DataModel()
     training: TrainingModel = TrainingModel()
-    objectives: list[Literal["val_acc", "madds", "params", "peak_activation_bytes", "latency_ms"]] = Field(
+    objectives: list[Literal[tuple(OBJECTIVES)]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["val_acc", "madds"], min_length=1, max_length=3
     )
     constraints: dict[str, float | str] = Field(default_factory=dict)
@@ -143,14 +144,7 @@ def _sampler_options(name: str) -> list[str]:
     """Keyword options of an Optuna sampler that a study file may set."""
     import inspect
 
-    import optuna
-
-    sampler = {
-        "tpe": optuna.samplers.TPESampler,
-        "nsga2": optuna.samplers.NSGAIISampler,
-        "random": optuna.samplers.RandomSampler,
-        "gp": optuna.samplers.GPSampler,
-    }[name]
+    sampler = SAMPLERS[name]
     hidden = ("self", "seed", "constraints_func")  # seed has its own key; constraints come from trial.set_constraint
     return [p for p in inspect.signature(sampler.__init__).parameters if p not in hidden]
 
@@ -190,10 +184,14 @@ def _check_constraints(study: StudyFile, arch_file: ArchFile, path: Path) -> Non
         except ArchError as err:  # a corner no candidate can be (say, strides too many for the resolution)
             first_error = first_error or err
     if not specs:  # every corner is impossible: the space itself is wrong
+        name = first_error.field_name.split("[")[0].split(".")[0]
+        where = "vary" if name in arch_file.vary else "knobs"
+        corner = ", ".join(k for k in arch_file.vary if k != "seed")
         raise ConfigError(
             path,
-            f"space.vary.{first_error.field_name}",
-            f"got {first_error.value!r} at the low end of the space; allowed: {first_error.allowed}",
+            f"space.{where}.{first_error.field_name}",
+            f"got {first_error.value!r} at the cheapest corner of the space (varied: {corner}); "
+            f"allowed: {first_error.allowed}",
         )
     for name, bound in study.constraints.items():
         if name == "latency_ms":

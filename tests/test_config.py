@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_studies_load_with_their_sampler(path):
     ctx = load_context(path)
-    make_sampler(ctx)
+    make_sampler(ctx.study.sampler, ctx.arch_file)
     assert ctx.storage_url.startswith("journal:")
 
 
@@ -80,7 +80,15 @@ def test_directory_and_missing_file(tmp_path):
         ("vary: {strides: {choices: [1, 3], per_row: true}}", "vary.strides.choices[1]: got 3; allowed: 1 or 2"),
         ("vary: {repeats: {low: 0, high: 3, per_row: true}}", "vary.repeats.low: got 0; allowed: an integer 1..32"),
         ("vary: {row_widths: {low: 0.5, high: 9}}", "vary.row_widths.high: got 9.0; allowed: a number in (0, 4]"),
-        ("vary: {resolution: {low: 17, high: 224}}", None),  # integer ranges read as floats in YAML
+        ("vary: {resolution: {low: 17, high: 224}}", None),
+        (
+            "vary: {resolution: {low: 16, high: 64, step: 0.5}}",
+            "vary.resolution.step: got 0.5; allowed: a whole number > 0",
+        ),
+        (
+            "vary: {width: {low: 0.5, high: 1, step: 0}}",
+            "vary.width.step: got 0.0; allowed: a number > 0",
+        ),  # integer ranges read as floats in YAML
         ("vary: {repeats: {low: 1, high: 3, per_row: true}, strides: {choices: [1, 2], per_row: true}}", None),
         ("knobs: {row_widths: [1, 1]}", "knobs.row_widths: got [1.0, 1.0]; allowed: 7 values, one per row"),
         ("knobs: {se_ratio: -0.5}", "knobs.se_ratio: got -0.5; allowed: a number in [0, 1]"),
@@ -111,3 +119,39 @@ def test_integer_knobs_take_low_high_ranges(tmp_path, step):
     from mbv2_search.space import cheapest_knobs
 
     assert [k.resolution for k in cheapest_knobs(arch_file)] == [17]
+
+
+def test_cheapest_corner_of_per_row_strides_is_the_true_least_cost(tmp_path):
+    """rows + 1 stride candidates (the first k rows at stride 2) hold the least MAdds of all 2^rows patterns."""
+    import itertools
+
+    from mbv2_search import space
+    from mbv2_search.arch import build_spec
+    from mbv2_search.cost import costs
+    from mbv2_search.knobs import ArchError
+
+    path = tmp_path / "space.yaml"
+    path.write_text("knobs: {resolution: 24, stem_stride: 1}\nvary: {strides: {choices: [1, 2], per_row: true}}\n")
+    arch_file = load_arch_file(path)
+
+    def least(knob_list):
+        found = []
+        for knobs in knob_list:
+            try:
+                found.append(costs(build_spec(knobs, arch_file.to_table())).madds)
+            except ArchError:
+                continue
+        return min(found)
+
+    every = [arch_file.knobs.to_knobs(strides=p) for p in itertools.product([1, 2], repeat=7)]
+    corners = space.cheapest_knobs(arch_file)
+    assert len(corners) == 8 and least(corners) == least(every)
+
+
+def test_per_row_strides_over_many_rows_load_at_once(tmp_path):
+    rows = "\n".join("    - {t: 6, c: 16, n: 1, s: 1}" for _ in range(24))
+    path = tmp_path / "space.yaml"
+    path.write_text(f"table:\n  rows:\n{rows}\nvary: {{strides: {{choices: [1, 2], per_row: true}}}}\n")
+    from mbv2_search import space
+
+    assert len(space.cheapest_knobs(load_arch_file(path))) == 25  # not 2^24

@@ -18,7 +18,12 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
-def print_frame(frame: Any, fmt: str, title: str | None = None) -> None:
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(["table", "md", "csv"]), default="table", show_default=True
+)
+
+
+def print_frame(frame: Any, fmt: str, *, title: str | None = None) -> None:
     """A pandas frame as a rich table, Markdown or CSV on stdout."""
     if fmt == "csv":
         click.echo(frame.to_csv(index=False), nl=False)

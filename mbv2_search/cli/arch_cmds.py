@@ -10,7 +10,7 @@ import click
 from rich.table import Table as RichTable
 
 from mbv2_search.arch import ArchSpec, build_spec
-from mbv2_search.cli.app import UserError, cli, console, print_frame
+from mbv2_search.cli.app import UserError, cli, console, format_option, print_frame
 from mbv2_search.cli.flags import arch_options, stored_study
 from mbv2_search.cli.views import print_fvcore
 from mbv2_search.conventions import CONVENTIONS
@@ -70,12 +70,12 @@ def cost(spec: ArchSpec, precision_bytes: int, with_fvcore: bool, as_json: bool)
     )
     console.print(table)
     if counted:
-        print_fvcore(spec, result.madds, result.params, result.bn_params, counted)
+        print_fvcore(spec, result.madds, params=result.params, bn_params=result.bn_params, counted=counted)
 
 
 @cli.command()
 @arch_options
-@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv"]), default="table", show_default=True)
+@format_option
 @click.option(
     "--memory", is_flag=True, help="Also print the Table 3 view: widest materialized tensor per spatial size (16-bit)."
 )
@@ -119,7 +119,7 @@ _GRID_HEADERS = {
     show_default=True,
     help="tf-slim reproduces the published checkpoints exactly.",
 )
-@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv"]), default="table", show_default=True)
+@format_option
 @click.option(
     "--study",
     "study_file",
@@ -148,7 +148,7 @@ def table(convention: str, fmt: str, study_file: Path | None, storage: str | Non
     if study_file is not None:
         from mbv2_search.report.analysis import trials_frame
 
-        ctx, study = stored_study(study_file, storage, Path("reports"))
+        ctx, study = stored_study(study_file, storage, reports=Path("reports"))
         trials = study.get_trials(deepcopy=False)
         frame, note = with_study(frame, trials_frame(trials))
         notes.append(note)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,9 @@ def _per_row(name: str, text: str) -> Any:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise UserError(f"{flag}: got {text!r}; allowed: comma-separated {noun}") from None
+        values = [math.nan]
+    if not all(math.isfinite(v) for v in values):
+        raise UserError(f"{flag}: got {text!r}; allowed: comma-separated {noun}")
     if info.kind is int:
         if any(v != int(v) for v in values):
             raise UserError(f"{flag}: got {text!r}; allowed: comma-separated {noun}")
@@ -81,7 +84,7 @@ def spec_from_flags(table_path: Path | None, given: dict[str, Any]) -> ArchSpec:
         raise UserError(f"{flag}: got {err.value!r}; allowed: {err.allowed}") from None
 
 
-def study_context(study_file: Path, storage: str | None, reports: Path) -> Any:
+def study_context(study_file: Path, storage: str | None, *, reports: Path) -> Any:
     """A study file's validated context (lazily imported: Optuna is not needed for `cost`)."""
     from mbv2_search.search import load_context
 
@@ -93,11 +96,11 @@ def no_study(path: Path, ctx: Any) -> UserError:
     return UserError(f"{path}: no study '{ctx.study.name}' in {mask_url(ctx.storage_url)} yet; run it first")
 
 
-def stored_study(path: Path, storage: str | None, reports: Path) -> tuple[Any, Any]:
+def stored_study(path: Path, storage: str | None, *, reports: Path) -> tuple[Any, Any]:
     """A study file's context and its stored study; a one-line error if it was never run."""
     from mbv2_search.storage import open_study
 
-    ctx = study_context(path, storage, reports)
+    ctx = study_context(path, storage, reports=reports)
     try:
         return ctx, open_study(ctx, create=False)
     except KeyError:

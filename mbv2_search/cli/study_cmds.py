@@ -32,7 +32,7 @@ def run(study_file: Path, storage: str | None, reports: Path, workers: int | Non
     from mbv2_search.storage import StudyMismatch, open_study
     from mbv2_search.workers import supervise, work
 
-    ctx = study_context(study_file, storage, reports)
+    ctx = study_context(study_file, storage, reports=reports)
     check_data(ctx)
     try:
         study = open_study(ctx)
@@ -84,7 +84,7 @@ def worker(study_file: Path, storage: str | None, reports: Path, device: str | N
     from mbv2_search.storage import StudyMismatch, open_study
     from mbv2_search.workers import work
 
-    ctx = study_context(study_file, storage, reports)
+    ctx = study_context(study_file, storage, reports=reports)
     check_data(ctx)
     try:
         with resumable():
@@ -103,7 +103,7 @@ def worker(study_file: Path, storage: str | None, reports: Path, device: str | N
 def status(study_file: Path, storage: str | None, reports: Path) -> None:
     """Counts by state, the infeasible fraction and the Pareto front of a study."""
 
-    ctx, study = stored_study(study_file, storage, reports)
+    ctx, study = stored_study(study_file, storage, reports=reports)
     print_status(ctx, study)
 
 
@@ -120,7 +120,7 @@ def export(study_file: Path, storage: str | None, reports: Path, number: int, ou
     """Write a trial's block table (YAML for cost/arch/train --table), weights (torchvision layout), optionally ONNX."""
     from mbv2_search.export import NoWeights, export_trial
 
-    ctx = study_context(study_file, storage, reports)
+    ctx = study_context(study_file, storage, reports=reports)
     try:
         written = export_trial(ctx, number, out_dir=out, onnx=onnx)
     except NoWeights as err:
@@ -158,7 +158,7 @@ def report(study_files: tuple[Path, ...], storage: str | None, reports: Path, ou
 
     studies, folders = [], []
     for path in study_files:
-        ctx, study = stored_study(path, storage, reports)
+        ctx, study = stored_study(path, storage, reports=reports)
         config = ctx.study.model_dump(mode="json", exclude={"storage"})
         studies.append(
             study_data(

@@ -13,6 +13,7 @@ from mbv2_search.arch import ArchSpec, build_spec
 from mbv2_search.cli.app import UserError, cli, console
 from mbv2_search.cli.flags import arch_options
 from mbv2_search.datasets import DATASETS
+from mbv2_search.recipes import RECIPES
 
 
 def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
@@ -49,7 +50,7 @@ def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
 @click.option(
     "--recipe",
     "recipe_name",
-    type=click.Choice(["fast", "paper"]),
+    type=click.Choice(list(RECIPES)),
     default="fast",
     show_default=True,
     help="fast: SGD + one-cycle for short runs; paper: section 6.1.",

@@ -10,7 +10,7 @@ from mbv2_search.arch import ArchSpec
 from mbv2_search.cli.app import console, print_frame
 
 
-def print_fvcore(spec: ArchSpec, madds: int, params: int, bn_params: int, counted: Any) -> None:
+def print_fvcore(spec: ArchSpec, madds: int, *, params: int, bn_params: int, counted: Any) -> None:
     from mbv2_search.cost import MADD_OPERATORS
     from mbv2_search.layers import layers
 

@@ -36,7 +36,7 @@ def arch_table(spec: ArchSpec) -> pd.DataFrame:
         rows.append(
             _row(
                 f"{first.in_size}² × {first.in_channels}",
-                f"bottleneck + SE {row['se']}" if row["se"] else "bottleneck",
+                "bottleneck + SE " + "/".join(map(str, dict.fromkeys(row["se"]))) if row["se"] else "bottleneck",
                 row["t"],
                 row["c"],
                 row["n"],
