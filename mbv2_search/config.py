@@ -140,6 +140,12 @@ def _check_values(key: str, values: Range) -> None:
         raise AtKey(
             f"{key}.step", f"got {values.step!r}; allowed: {'a whole number' if info.kind is int else 'a number'} > 0"
         )
+    if info.choices and values.low is not None:  # a range over a knob of set values (kernels 3, 5, 7)
+        inside = range(int(values.low), int(values.high) + 1, int(values.step or 1))
+        bad = [value for value in inside if not info.accepts(value)]
+        if bad:
+            allowed = f"{info.allowed()} (use choices:, or a step that skips the rest)"
+            raise AtKey(key, f"got a range {values.low:g}..{values.high:g} that includes {bad[0]}; allowed: {allowed}")
 
 
 def load_arch_file(path: str | Path) -> ArchFile:

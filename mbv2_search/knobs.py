@@ -52,7 +52,11 @@ class KnobInfo:
             return "true or false"
         noun = "an integer" if self.kind is int else "a number"
         if self.kind is int:
-            return f"{noun} {self.low:,}..{self.high:,}" if abs(self.high) > 10**6 else f"{noun} {self.low:g}..{self.high:g}"
+            return (
+                f"{noun} {self.low:,}..{self.high:,}"
+                if abs(self.high) > 10**6
+                else f"{noun} {self.low:g}..{self.high:g}"
+            )
         return f"{noun} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
     def accepts(self, value: object) -> bool:

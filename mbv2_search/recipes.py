@@ -7,28 +7,37 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class Recipe(BaseModel):
     """Optimizer, schedule and regularization; every field can be overridden."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # finite: a NaN learning rate is bad input, not a diverged trial; numbers written as YAML strings
+    # (1e30, which YAML 1.1 reads as text) are read as numbers, but true is not a momentum (_no_bools)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     optimizer: Literal["sgd", "rmsprop", "adamw"] = "sgd"
-    lr: float = 0.1  # at reference_batch; scaled linearly by batch_size / reference_batch
-    reference_batch: int = 128
-    momentum: float = 0.9
+    lr: float = Field(0.1, gt=0)  # at reference_batch; scaled linearly by batch_size / reference_batch
+    reference_batch: int = Field(128, ge=1)
+    momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
-    rmsprop_decay: float = 0.9
-    eps: float = 1e-8
-    weight_decay: float = 5e-5
+    rmsprop_decay: float = Field(0.9, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(5e-5, ge=0)
     schedule: Literal["onecycle", "cosine", "exponential", "constant"] = "onecycle"
-    warmup_fraction: float = 0.1  # onecycle: share of steps spent rising
-    gamma: float = 0.98  # exponential: decay per epoch
-    label_smoothing: float = 0.1
-    ema_decay: float | None = None
-    dropout: float | None = None  # None: the ArchSpec's
+    warmup_fraction: float = Field(0.1, gt=0, lt=1)  # onecycle: share of steps spent rising
+    gamma: float = Field(0.98, gt=0, le=1)  # exponential: decay per epoch
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    dropout: float | None = Field(None, ge=0, lt=1)  # None: the ArchSpec's
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, bool) and info.field_name != "nesterov":
+            raise ValueError("a boolean is not allowed here")
+        return value
 
     def scaled_lr(self, batch_size: int) -> float:
         """Learning rate for this batch size (linear scaling rule)."""

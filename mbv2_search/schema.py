@@ -17,7 +17,7 @@ class ConfigError(ValueError):
     """A bad value in a user's file: names the file, the key, the value and what is allowed."""
 
     def __init__(self, path: str | Path, key: str, message: str) -> None:
-        self.path, self.key = str(path), key
+        self.path, self.key, self.message = str(path), key, message
         super().__init__(f"{path}: {key}: {message}" if key else f"{path}: {message}")
 
 
@@ -92,6 +92,7 @@ def _load_bounded(text: str) -> Any:
                 if isinstance(current, yaml.SequenceNode):
                     sizes[id(current)] += sum(expanded(child) for child in current.value)
                 elif isinstance(current, yaml.MappingNode):
+                    _no_duplicate_keys(current)
                     sizes[id(current)] += sum(expanded(k) + expanded(v) for k, v in current.value)
             return sizes[id(current)]
 
@@ -100,6 +101,16 @@ def _load_bounded(text: str) -> Any:
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def _no_duplicate_keys(mapping: yaml.MappingNode) -> None:
+    """A key given twice is an error, not 'the last one wins' (PyYAML's default drops the first silently)."""
+    seen: set[str] = set()
+    for key, _ in mapping.value:
+        if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+            if key.value in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key.value}'", key.start_mark)
+            seen.add(key.value)
 
 
 def parse(model: type[BaseModel], data: dict[str, Any], *, path: str | Path, section: str = "") -> Any:
@@ -112,7 +123,7 @@ def parse(model: type[BaseModel], data: dict[str, Any], *, path: str | Path, sec
         return model.model_validate(data)
     except ValidationError as err:
         error = _config_error(model, err, path)
-        raise ConfigError(path, section + error.key, str(error).removeprefix(f"{path}: {error.key}: ")) from None
+        raise ConfigError(path, section + error.key, error.message) from None
 
 
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|(list|dict|tuple)\[.*\]|function-\w+\[.*\]|[A-Z]\w*)$")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -205,6 +206,9 @@ def _check_constraints(study: StudyFile, arch_file: ArchFile, path: Path) -> Non
             )
 
 
+MAX_GRID = 1_000_000
+
+
 def _check_study(study: StudyFile, arch_file: ArchFile, path: Path) -> None:
 
     if not arch_file.vary:
@@ -221,9 +225,16 @@ def _check_study(study: StudyFile, arch_file: ArchFile, path: Path) -> None:
         explicit = study.sampler.options.get("grid")
         if explicit is None:
             try:
-                space.grid(arch_file)
+                points = math.prod(len(values) for values in space.grid(arch_file).values())
             except ValueError as err:
                 raise ConfigError(path, "space", str(err)) from None
+            if points > MAX_GRID:  # Optuna's grid sampler lists every point in memory
+                raise ConfigError(
+                    path,
+                    "sampler.name",
+                    f"got 'grid' for a space of {points:,} points; allowed: at most {MAX_GRID:,} "
+                    "(a sampler such as tpe or random, or fewer choices)",
+                )
         else:  # an explicit grid: every space parameter, each value inside the space
             if not isinstance(explicit, dict) or set(explicit) != set(names):
                 raise ConfigError(

@@ -70,6 +70,7 @@ def test_cost_with_per_row_knobs_and_squeeze_excite_equals_fvcore(capsys):
         (["--repeats", "1.5"], "--repeats: got '1.5'; allowed: comma-separated integers"),
         (["--se-ratio", "2"], "--se-ratio: got 2.0; allowed: a number in [0, 1]"),
         (["--strides", "1,1,3,2,1,2,1"], "--strides[2]: got 3; allowed: 1 or 2"),
+        (["--repeats", "inf"], "--repeats: got 'inf'; allowed: comma-separated integers"),
     ],
 )
 def test_new_knob_flags_refuse_bad_values_in_one_line(capsys, argv, needle):
@@ -194,3 +195,17 @@ def test_train_divergence_is_reported_not_a_crash(capsys, tmp_path):
         str(tmp_path),
     )
     assert code == 1 and "TrainingDiverged" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--classes", "5"], "--classes: got 5; allowed: 10, the class count of digits"),
+        (["--set", "lr=-1"], "--set: lr: got -1; input should be greater than 0"),
+        (["--set", "=0.1"], "--set: got '=0.1'; allowed: KEY=VALUE"),
+    ],
+)
+def test_train_refuses_bad_input_before_training(capsys, tmp_path, argv, needle):
+    code, out, err = run(capsys, "train", "--epochs", "1", "--run-dir", str(tmp_path / "run"), *argv)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -155,3 +155,19 @@ def test_per_row_strides_over_many_rows_load_at_once(tmp_path):
     from mbv2_search import space
 
     assert len(space.cheapest_knobs(load_arch_file(path))) == 25  # not 2^24
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("knobs: {resolution: 16}\nknobs: {num_classes: 10}\n")
+    with pytest.raises(ConfigError, match=r"line 2: invalid YAML: duplicate key 'knobs'"):
+        load_arch_file(path)
+
+
+def test_a_range_over_a_knob_of_set_values_must_skip_the_others(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("vary: {kernels: {low: 3, high: 7, per_row: true}}\n")
+    with pytest.raises(ConfigError, match=r"vary.kernels: got a range 3..7 that includes 4; allowed: 3, 5 or 7"):
+        load_arch_file(path)
+    path.write_text("vary: {kernels: {low: 3, high: 7, step: 2}}\n")
+    load_arch_file(path)

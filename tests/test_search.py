@@ -216,6 +216,23 @@ def test_per_row_knobs_and_squeeze_excite_search_train_and_export(tmp_path):
 
 BAD_STUDIES = [
     ({"n_trials": -1}, "n_trials: got -1"),
+    ({"training": {"overrides": {"lr": -1}}}, "training.overrides.lr: got -1; input should be greater than 0"),
+    ({"training": {"overrides": {"label_smoothing": 1.5}}}, "training.overrides.label_smoothing: got 1.5"),
+    ({"training": {"overrides": {"reference_batch": 0}}}, "training.overrides.reference_batch: got 0"),
+    ({"training": {"overrides": {"lr": float("nan")}}}, "training.overrides.lr: got nan"),
+    (
+        {
+            "sampler": {"name": "grid"},
+            "space": {
+                **SPACE,
+                "vary": {
+                    "repeats": {"low": 1, "high": 32, "per_row": True},
+                    "width": {"low": 0.1, "high": 4, "step": 0.1},
+                },
+            },
+        },
+        "sampler.name: got 'grid' for a space of 1,310,720 points; allowed: at most 1,000,000",
+    ),
     ({"objectives": ["val_acc", "flops"]}, "objectives[1]: got 'flops'"),
     ({"constraints": {"macs": 1}}, "constraints.macs: unknown key 'macs'; did you mean 'madds'?"),
     ({"sampler": {"name": "cmaes"}}, "sampler.name: got 'cmaes'"),

@@ -25,7 +25,7 @@ def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
     values: dict[str, Any] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise UserError(f"--set: got {item!r}; allowed: KEY=VALUE with KEY a recipe field")
         values[key.strip()] = yaml.safe_load(text)
     return recipe_with(name, values, path="--set")
@@ -149,6 +149,10 @@ def _data_for(
         data = load_dataset(dataset, spec.resolution, device=torch_device, data_dir=data_dir, workers=workers)
     except (DataError, TrainingError, RuntimeError) as err:
         raise UserError(str(err)) from None
+    if spec.knobs.num_classes not in (None, data.num_classes):  # given (--classes or the table), and wrong
+        raise UserError(
+            f"--classes: got {spec.knobs.num_classes}; allowed: {data.num_classes}, the class count of {dataset}"
+        )
     if data.num_classes != spec.num_classes:
         spec = build_spec(replace(spec.knobs, num_classes=data.num_classes), spec.table)
     return spec, data

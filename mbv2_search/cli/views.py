@@ -8,6 +8,7 @@ from rich.table import Table as RichTable
 
 from mbv2_search.arch import ArchSpec
 from mbv2_search.cli.app import console, print_frame
+from mbv2_search.knobs import KNOBS
 
 
 def print_fvcore(spec: ArchSpec, madds: int, *, params: int, bn_params: int, counted: Any) -> None:
@@ -84,6 +85,23 @@ class SearchProgress:
         self.refresh([trial.params] if kind == "start" else [])
 
 
+def _rows_joined(frame: Any) -> Any:
+    """Per-row parameters (row_widths_0, row_widths_1, ...) as one column of comma-separated values."""
+    import re
+
+    groups: dict[str, list[str]] = {}
+    for column in frame.columns:
+        match = re.fullmatch(r"(\w+)_(\d+)", str(column))
+        if match and match.group(1) in KNOBS and KNOBS[match.group(1)].per_row:
+            groups.setdefault(match.group(1), []).append(column)
+    for name, columns in groups.items():
+        position = frame.columns.get_loc(columns[0])
+        joined = frame[columns].apply(lambda row: ",".join(f"{v:g}" for v in row), axis=1)
+        frame = frame.drop(columns=columns)
+        frame.insert(position, name, joined)
+    return frame
+
+
 def print_status(ctx: Any, study: Any) -> None:
     from mbv2_search.ledger import counts
     from mbv2_search.report.analysis import pareto_mask, trials_frame
@@ -104,7 +122,7 @@ def print_status(ctx: Any, study: Any) -> None:
         return
     front = frame[pareto_mask(frame, ctx.study.objectives)].sort_values(ctx.study.objectives[-1])
     knob_columns = [c for c in frame.columns if c in trials[0].params or any(c in t.params for t in trials)]
-    shown = front[["number", *knob_columns, "madds", "params", "val_acc", "test_acc"]].copy()
+    shown = _rows_joined(front[["number", *knob_columns, "madds", "params", "val_acc", "test_acc"]].copy())
     shown["madds"] = (shown["madds"] / 1e6).round(3)
     shown["params"] = (shown["params"] / 1e6).round(3)
     shown = shown.rename(columns={"madds": "MAdds (M)", "params": "params (M)"})
