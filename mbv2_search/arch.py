@@ -10,20 +10,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mbv2_search.conventions import CONVENTIONS, Convention
+from mbv2_search.conventions import CONVENTIONS, Convention, make_divisible
 from mbv2_search.knobs import KNOBS, ArchError, KnobInfo, Knobs, check_knobs, per_row_values
-
-
-def make_divisible(value: float, divisor: int = 8, *, min_value: int | None = None) -> int:
-    """Round to the nearest multiple of divisor, never below min_value nor 10% below value.
-
-    The helper shared by torchvision, TF-Slim and timm (tf-slim `_make_divisible`).
-    """
-    min_value = divisor if min_value is None else min_value
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:  # the 10% guard: rounding down may not lose more than 10%
-        rounded += divisor
-    return rounded
 
 
 @dataclass(frozen=True)
@@ -76,6 +64,7 @@ class Block:
     expand: bool  # has the 1x1 expansion conv
     residual: bool  # shortcut between bottlenecks (input + output)
     expansion_residual: bool = False  # shortcut between expansions (paper Fig. 6b)
+    projection: bool = False  # a 1x1 conv carries the input to the output (neuleaf's ex_dim)
     se_channels: int = 0  # squeeze width of a squeeze-excite after the depthwise conv; 0: none
 
     @property
@@ -113,9 +102,14 @@ class ArchSpec:
         return self.blocks[-1].out_size if self.blocks else self.stem_size
 
     @property
+    def rules(self) -> Convention:
+        """The convention's rules (activation, classifier, padding)."""
+        return CONVENTIONS[self.convention]
+
+    @property
     def count_bn_params(self) -> bool:
         """Whether this convention counts BatchNorm weight and bias as parameters."""
-        return CONVENTIONS[self.convention].count_bn_params
+        return self.rules.count_bn_params
 
 
 def _check(name: str, value: object, ok: bool, allowed: str) -> None:
@@ -171,29 +165,32 @@ def hidden_width(in_channels: int, t: float, *, convention: Convention) -> int:
     """Width of a block's expansion under the convention's rounding rule."""
     if convention.hidden_width == "round":
         return int(round(in_channels * t))
+    if convention.hidden_width == "floor":  # tonylins: int(inp * expand_ratio)
+        return int(in_channels * t)
     return make_divisible(in_channels * t)
 
 
-def build_spec(knobs: Knobs | None = None, table: Table = MOBILENET_V2) -> ArchSpec:
+def build_spec(knobs: Knobs | None = None, table: Table | None = None) -> ArchSpec:
     """Resolve knobs on a base table into an ArchSpec, raising ArchError on any bad value.
 
     Args:
         knobs: scaling knobs; defaults give MobileNetV2 1.0 at 224 under the torchvision convention.
-        table: the base block table (paper Table 2 by default).
+        table: the base block table (default: paper Table 2, with the convention's strides where it has its own).
     """
     knobs = knobs or Knobs()
-    validate_table(table)
-    check_knobs(knobs, len(table.rows))
+    check_knobs(knobs, len(table.rows) if table else len(MOBILENET_V2.rows))
     convention = CONVENTIONS[knobs.convention]
+    table = table or default_table(convention)
+    validate_table(table)
     stem_stride = knobs.stem_stride or table.stem_stride
     rows = _resolved_rows(table, knobs)
     _check_resolution(knobs.resolution, stem_stride * math.prod(row.s for row, _ in rows))
-    stem = table.stem_channels if knobs.fix_stem_head else make_divisible(table.stem_channels * knobs.width)
-    if knobs.fix_stem_head:
-        head = table.head_channels
-    else:
-        head_scale = max(1.0, knobs.width) if knobs.head_rule == "keep" else knobs.width
-        head = make_divisible(table.head_channels * head_scale)
+    stem = table.stem_channels
+    if convention.scale_stem and not knobs.fix_stem_head:
+        stem = convention.round_channels(stem * knobs.width)
+    head = table.head_channels
+    if not knobs.fix_stem_head:
+        head = convention.round_channels(head * (max(1.0, knobs.width) if knobs.head_rule == "keep" else knobs.width))
     blocks = _blocks(rows, knobs, convention, stem, -(-knobs.resolution // stem_stride))
     return ArchSpec(
         resolution=knobs.resolution,
@@ -205,7 +202,7 @@ def build_spec(knobs: Knobs | None = None, table: Table = MOBILENET_V2) -> ArchS
         convention=convention.name,
         bottleneck_activation=knobs.bottleneck_activation,
         shortcut=knobs.shortcut,
-        dropout=knobs.dropout,
+        dropout=convention.dropout if knobs.dropout is None else knobs.dropout,
         knobs=knobs,
         table=table,
     )
@@ -221,13 +218,14 @@ def _check_resolution(resolution: int, total_stride: int) -> None:
 def _blocks(
     rows: list[tuple[Row, float]], knobs: Knobs, convention: Convention, in_channels: int, size: int
 ) -> list[Block]:
-    """Every block of the resolved rows, widths rounded by make_divisible (one rounding per row)."""
+    """Every block of the resolved rows, widths rounded by the convention (one rounding per row)."""
     blocks: list[Block] = []
     for row_index, (row, scale) in enumerate(rows):
-        out_channels = make_divisible(row.c * scale)
+        unscaled = row.t == 1 and not convention.scale_t1_row
+        out_channels = row.c if unscaled else convention.round_channels(row.c * scale)
         for repeat in range(row.n):
             stride = row.s if repeat == 0 else 1
-            expand = row.t != 1
+            expand = row.t != 1 or convention.expand_t1
             hidden = hidden_width(in_channels, row.t, convention=convention) if expand else in_channels
             block = Block(
                 row=row_index,
@@ -240,11 +238,25 @@ def _blocks(
                 in_size=size,
                 expand=expand,
                 residual=knobs.shortcut == "bottleneck" and stride == 1 and in_channels == out_channels,
+                projection=convention.projection_shortcut
+                and knobs.shortcut == "bottleneck"
+                and stride == 1
+                and in_channels != out_channels,
                 se_channels=make_divisible(hidden * knobs.se_ratio) if knobs.se_ratio > 0 else 0,
             )
             blocks.append(block)
             in_channels, size = out_channels, block.out_size
+    if blocks[-1].projection:  # neuleaf: `shortcut=False` on its last block (res8_1)
+        blocks[-1] = replace(blocks[-1], projection=False)
     return _with_expansion_shortcuts(blocks) if knobs.shortcut == "expansion" else blocks
+
+
+def default_table(convention: Convention) -> Table:
+    """Paper Table 2, with the convention's own strides where it has them (shicai: the paper's v1 table)."""
+    if convention.strides is None:
+        return MOBILENET_V2
+    rows = tuple(replace(row, s=s) for row, s in zip(MOBILENET_V2.rows, convention.strides))
+    return replace(MOBILENET_V2, rows=rows)
 
 
 def _with_expansion_shortcuts(blocks: list[Block]) -> list[Block]:

@@ -7,7 +7,8 @@ from typing import Any, Literal, Union
 
 from pydantic import Field, create_model, field_validator, model_validator
 
-from mbv2_search.arch import MOBILENET_V2, Row, Table
+from mbv2_search.arch import MOBILENET_V2, Row, Table, default_table
+from mbv2_search.conventions import CONVENTIONS
 from mbv2_search.knobs import KNOBS, SEARCHABLE, ArchError, KnobInfo, Knobs
 from mbv2_search.schema import AtKey, ConfigError, Strict, UnknownKey, parse, read_yaml
 
@@ -107,6 +108,14 @@ class ArchFile(Strict):
     table: TableModel = DEFAULT_TABLE
     knobs: KnobsModel = KnobsModel()
     vary: dict[str, Range] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _convention_table(self) -> ArchFile:
+        """No table given: paper Table 2 with the convention's own strides (shicai's differ)."""
+        if "table" in self.model_fields_set:
+            return self
+        table = default_table(CONVENTIONS[self.knobs.convention])
+        return self if table is MOBILENET_V2 else self.model_copy(update={"table": TableModel.from_table(table)})
 
     @field_validator("vary")
     @classmethod

@@ -11,6 +11,7 @@ from mbv2_search import ledger, space
 from mbv2_search.arch import build_spec
 from mbv2_search.search import Context
 from mbv2_search.storage import open_study
+from mbv2_search.weights import from_checkpoint
 
 
 class NoWeights(ValueError):
@@ -78,11 +79,7 @@ def export_trial(ctx: Context, number: int, *, out_dir: Path | None = None, onnx
     written = {"table": str(table_path)}
     checkpoint = _checkpoint(ctx, study, trial)
     if checkpoint is not None:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-        prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "model."
-        weights = {
-            k.removeprefix(prefix).replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith(prefix)
-        }
+        weights = from_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=True))
         weights_path = out_dir / f"trial-{number:05d}.pt"
         torch.save(weights, weights_path)
         written["weights"] = str(weights_path)

@@ -225,8 +225,15 @@ class Knobs:
         searchable=True,
         cost="none",
     )
-    dropout: float = knob(
-        0.2, help="Dropout before the classifier.", kind=float, low=0, high=1, high_open=True, cost="none"
+    dropout: float | None = knob(
+        None,
+        help="Dropout before the classifier (default: the convention's: 0.2, none for tonylins, shicai, neuleaf).",
+        kind=float,
+        low=0,
+        high=1,
+        high_open=True,
+        optional=True,
+        cost="none",
     )
 
     def as_dict(self) -> dict[str, object]:

@@ -10,7 +10,7 @@ from typing import Literal, NamedTuple
 
 from mbv2_search.arch import ArchSpec, Block
 
-Role = Literal["stem", "expand", "depthwise", "se_reduce", "se_expand", "project", "head", "classifier"]
+Role = Literal["stem", "expand", "depthwise", "se_reduce", "se_expand", "project", "shortcut", "head", "classifier"]
 
 
 class Layer(NamedTuple):
@@ -31,10 +31,12 @@ class Layer(NamedTuple):
     bias: bool = False  # the classifier and squeeze-excite convs carry one
     norm: bool = True  # BatchNorm follows (every conv but squeeze-excite's)
 
+    conv_classifier: bool = False  # a 1x1 conv after the pool (shicai, neuleaf) rather than nn.Linear
+
     @property
     def kind(self) -> Literal["conv", "linear"]:
         """The operator fvcore names it by."""
-        return "linear" if self.role == "classifier" else "conv"
+        return "linear" if self.role == "classifier" and not self.conv_classifier else "conv"
 
     @property
     def out_size(self) -> int:
@@ -59,12 +61,14 @@ class Layer(NamedTuple):
         return 2 * self.out_channels if self.norm else 0
 
 
-def block_layers(block: Block, prefix: str) -> list[Layer]:
-    """A block's layers in forward order; `prefix` is its module path (e.g. features.3.conv).
+def block_layers(block: Block, path: str) -> list[Layer]:
+    """A block's layers in forward order; `path` is its module path (e.g. features.3).
 
-    Children of the block's Sequential: [expand], depthwise, [squeeze-excite], project conv, its BatchNorm.
+    Children of the block's `conv` Sequential: [expand], depthwise, [squeeze-excite], project conv, its
+    BatchNorm; then a projection `shortcut` where the block has one (neuleaf).
     """
-    out, part, hidden = [], 0, block.hidden_channels
+    prefix, part, hidden = f"{path}.conv", 0, block.hidden_channels
+    out = []
     if block.expand:
         out.append(Layer(f"{prefix}.0.0", "expand", block.row, block.in_channels, hidden, 1, 1, 1, block.in_size))
         part = 1
@@ -82,6 +86,9 @@ def block_layers(block: Block, prefix: str) -> list[Layer]:
             Layer(f"{prefix}.{part}.fc2", "se_expand", block.row, squeeze, hidden, 1, 1, 1, 1, bias=True, norm=False)
         )
     out.append(Layer(f"{prefix}.{part + 1}", "project", block.row, hidden, block.out_channels, 1, 1, 1, block.out_size))
+    if block.projection:  # neuleaf's ex_dim: no BatchNorm, no bias, on a stride-1 block
+        width = block.in_channels, block.out_channels
+        out.append(Layer(f"{path}.shortcut", "shortcut", block.row, *width, 1, 1, 1, block.in_size, norm=False))
     return out
 
 
@@ -93,14 +100,13 @@ def layers(spec: ArchSpec) -> list[Layer]:
         )
     ]
     for index, block in enumerate(spec.blocks, start=1):
-        out += block_layers(block, f"features.{index}.conv")
+        out += block_layers(block, f"features.{index}")
     last = spec.blocks[-1].out_channels
     out.append(
         Layer(f"features.{len(spec.blocks) + 1}.0", "head", None, last, spec.head_channels, 1, 1, 1, spec.final_size)
     )
-    out.append(
-        Layer(
-            "classifier.1", "classifier", None, spec.head_channels, spec.num_classes, 1, 1, 1, 1, bias=True, norm=False
-        )
-    )
+    classes, bias = spec.num_classes, spec.rules.classifier_bias
+    conv = spec.rules.classifier == "conv"
+    classifier = Layer("classifier.1", "classifier", None, spec.head_channels, classes, 1, 1, 1, 1, bias, False, conv)
+    out.append(classifier)
     return out

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from mbv2_search.config import ArchFile
+from mbv2_search.conventions import CONVENTIONS
 from mbv2_search.knobs import KNOBS, Knobs
 from mbv2_search.sampler import make_sampler
 
@@ -47,6 +48,8 @@ def _space_identity(arch_file: ArchFile) -> dict[str, Any]:
     """The space as stored trials depend on it; knobs added after 0.1.0 count only where set, so the
     fingerprints of studies stored by 0.1.0 still match."""
     space = arch_file.model_dump(exclude={"name", "description"})
+    if space["knobs"]["dropout"] is None:  # the convention's, as 0.1.0 wrote it out (0.2 for its conventions)
+        space["knobs"]["dropout"] = CONVENTIONS[space["knobs"]["convention"]].dropout
     defaults = Knobs()
     space["knobs"] = {
         name: value

@@ -25,6 +25,7 @@ from mbv2_search.devices import configure_cpu, prefers_channels_last, resolve_de
 from mbv2_search.errors import TrainingError
 from mbv2_search.model import build_model
 from mbv2_search.recipes import Recipe
+from mbv2_search.weights import load_into
 
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)  # no banner per trial
@@ -175,6 +176,7 @@ class TrainResult:
     run_dir: str
     checkpoint: str
     history: list[dict[str, float]] = field(default_factory=list)
+    init: str = ""  # what loading initial weights changed (the classifier re-initialised), if anything
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready."""
@@ -230,6 +232,7 @@ def train(
     callbacks: Sequence[pl.Callback] = (),
     progress: bool = False,
     max_minutes: float | None = None,
+    init: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train one variant and evaluate it; raises TrainingError subclasses on divergence or OOM.
 
@@ -247,6 +250,7 @@ def train(
         callbacks: extra Lightning callbacks (the search passes its reporter here).
         progress: show a rich progress bar over epochs.
         max_minutes: stop training after this long.
+        init: initial weights in our layout (weights.read_weights), to fine-tune from.
     """
     torch_device = resolve_device(device)
     run_dir = _prepare_run(torch_device, Path(run_dir), seed)
@@ -256,6 +260,7 @@ def train(
         memory_format == "auto" and prefers_channels_last(spec, torch_device, batch_size=batch_size)
     )
     model = build_model(spec)  # before the loaders: the seeded stream draws the weights first
+    note = "" if init is None else load_into(model, init, source="--init")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loaders = _loaders(data, batch_size=batch_size, seed=seed, channels_last=channels_last)
@@ -279,7 +284,8 @@ def train(
     )
     where = f"on {torch_device} at batch size {batch_size}, resolution {spec.resolution}"
     fitted = _fit_and_test(trainer, module, loaders, where)
-    return _result(fitted, clock, device=torch_device, seed=seed, channels_last=channels_last, run_dir=run_dir)
+    result = _result(fitted, clock, device=torch_device, seed=seed, channels_last=channels_last, run_dir=run_dir)
+    return replace(result, init=note)
 
 
 def _prepare_run(device: torch.device, run_dir: Path, seed: int) -> Path:

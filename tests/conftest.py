@@ -7,6 +7,7 @@ import signal
 
 import pytest
 
+from mbv2_search.conventions import CONVENTIONS
 from mbv2_search.knobs import Knobs
 
 
@@ -26,7 +27,7 @@ def random_knobs(rng: random.Random, **fixed: object) -> Knobs:
         "strides": tuple(strides),
         "kernels": tuple(rng.choice([3, 5, 7]) for _ in range(7)),
         "num_classes": rng.choice([10, 100, 1000]),
-        "convention": rng.choice(["torchvision", "tf-slim", "timm"]),
+        "convention": rng.choice(list(CONVENTIONS)),
         "head_rule": rng.choice(["keep", "scale"]),
         "fix_stem_head": rng.random() < 0.2,
         "row_widths": rng.choice(

@@ -38,3 +38,24 @@ def test_a_study_stored_by_0_1_loads_resumes_reports_and_exports(tmp_path, capsy
     assert state["complete"] == 3 and state["excluded"] == 0
     code, out, err = run(capsys, "report", "study.yaml")
     assert code == 0 and Path("reports/stored-v0.1/report.html").is_file(), err
+
+
+FINGERPRINTS_0_1 = {  # sha256 prefixes of space_fingerprint as mbv2-search 0.1.0 computed them
+    "ablation_bottleneck.yaml": "cecb32ce8a060bd0",
+    "cifar10_gpu.yaml": "17e8d2f29e72c939",
+    "paper_grid_digits.yaml": "236be1dd6e718446",
+    "paper_grid_imagenet.yaml": "b7f00ffd72188eaa",
+    "quickstart.yaml": "5f47979a02bbd8f1",
+}
+
+
+def test_shipped_studies_keep_the_fingerprints_of_0_1():
+    """New knobs (per-row widths, repeats, squeeze-excite) and the convention's dropout leave them alone."""
+    import hashlib
+
+    from mbv2_search.storage import space_fingerprint
+
+    studies = Path(__file__).parent.parent / "studies"
+    for name, expected in FINGERPRINTS_0_1.items():
+        fingerprint = space_fingerprint(load_context(studies / name))
+        assert hashlib.sha256(fingerprint.encode()).hexdigest()[:16] == expected, name

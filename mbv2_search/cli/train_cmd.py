@@ -84,6 +84,14 @@ def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
 @click.option(
     "--run-dir", type=click.Path(path_type=Path), help="Where metrics.csv and best.ckpt go (default runs/train-<time>)."
 )
+@click.option(
+    "--init",
+    "init_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Fine-tune from weights: an exported trial's .pt, torchvision's mobilenet_v2 state_dict, a best.ckpt, or "
+    "tonylins/pytorch-mobilenet-v2's state_dict (with --convention tonylins). A classifier of another class count "
+    "is re-initialised.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def train(
     spec: ArchSpec,
@@ -100,6 +108,7 @@ def train(
     use_compile: bool,
     workers: int,
     run_dir: Path | None,
+    init_path: Path | None,
     as_json: bool,
 ) -> None:
     """Train one variant (architecture flags as for `cost`) and report accuracy, time and costs."""
@@ -111,6 +120,7 @@ def train(
 
     recipe = _recipe(recipe_name, overrides)
     spec, data = _data_for(spec, dataset, data_dir=data_dir, device=device, workers=workers)
+    init, layout = _initial_weights(spec, init_path)
     run_dir = run_dir or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     try:
         with SignalGuard() as guard, guard.interruptible():  # Ctrl-C exits 130, not Lightning's 1
@@ -127,11 +137,28 @@ def train(
                 memory_format=memory_format,
                 compile=use_compile,
                 progress=not as_json,
+                init=init,
             )
     except TrainingError as err:
         click.echo(f"mbv2-search train: {type(err).__name__}: {err}", err=True)
         sys.exit(1)
-    _print_result(spec, result, dataset=dataset, recipe=recipe, as_json=as_json)
+    _print_result(spec, result, dataset=dataset, recipe=recipe, as_json=as_json, init=layout)
+
+
+def _initial_weights(spec: ArchSpec, path: Path | None) -> tuple[Any, str]:
+    """The --init weights in our layout, checked against the model before any training (exit 2 if they
+    do not fit); and the file's layout, for the output."""
+    if path is None:
+        return None, ""
+    from mbv2_search.model import build_model
+    from mbv2_search.weights import WeightsError, load_into, read_weights
+
+    try:
+        state, layout = read_weights(path)
+        load_into(build_model(spec), state, source=str(path))
+    except WeightsError as err:
+        raise UserError(f"--init: {err}") from None
+    return state, layout
 
 
 def _data_for(
@@ -158,7 +185,7 @@ def _data_for(
     return spec, data
 
 
-def _print_result(spec: ArchSpec, result: Any, *, dataset: str, recipe: Any, as_json: bool) -> None:
+def _print_result(spec: ArchSpec, result: Any, *, dataset: str, recipe: Any, as_json: bool, init: str) -> None:
     from mbv2_search.cost import costs
 
     cost_ = costs(spec)
@@ -170,6 +197,7 @@ def _print_result(spec: ArchSpec, result: Any, *, dataset: str, recipe: Any, as_
         "dataset": dataset,
         "recipe": recipe.model_dump(),
         "knobs": spec.knobs.as_dict(),
+        "init_layout": init,
     }
     if as_json:
         payload.pop("history")
@@ -180,3 +208,5 @@ def _print_result(spec: ArchSpec, result: Any, *, dataset: str, recipe: Any, as_
         f"({result.train_images_per_second:,.0f} train images/s, {result.device}, {result.memory_format})\n"
         f"{cost_.madds / 1e6:.2f} M MAdds, {cost_.params / 1e6:.3f} M params; run folder {result.run_dir}"
     )
+    if init:
+        console.print(f"initialised from {init}" + (f"; {result.init}" if result.init else ""))
