@@ -76,7 +76,7 @@ class _TonylinsBlock(nn.Module):
 
 
 class _Tonylins(nn.Module):
-    def __init__(self, width: float) -> None:
+    def __init__(self, width: float, classes: int = 1000) -> None:
         super().__init__()
         last = ref.make_divisible(1280 * width) if width > 1.0 else 1280
         features, cin = [nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(True))], 32
@@ -87,7 +87,7 @@ class _Tonylins(nn.Module):
                 cin = cout
         features.append(nn.Sequential(nn.Conv2d(cin, last, 1, 1, 0, bias=False), nn.BatchNorm2d(last), nn.ReLU6(True)))
         self.features = nn.Sequential(*features)
-        self.classifier = nn.Linear(last, 1000)
+        self.classifier = nn.Linear(last, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).mean(3).mean(2))
@@ -127,3 +127,20 @@ def test_train_init_takes_tonylins_and_torchvision_weights_and_refuses_others(tm
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "features.0.0.weight: (16, 3, 3, 3) in the file, (24, 3, 3, 3)" in err
     assert not (tmp_path / "c").exists()
+
+
+def test_eval_of_tonylins_weights_counts_what_their_model_predicts(tmp_path, capsys):
+    from mbv2_search.cli import main
+    from mbv2_search.data import load_digits
+
+    torch.manual_seed(1)
+    theirs = _Tonylins(0.5, classes=10).eval()
+    torch.save(theirs.state_dict(), tmp_path / "tony10.pth")
+    main(["eval", "--convention", "tonylins", "--width", "0.5", "--resolution", "17"] + ["--device", "cpu"]
+         + ["--weights", str(tmp_path / "tony10.pth"), "--split", "test", "--json"])  # fmt: skip
+    payload = json.loads(capsys.readouterr().out)
+    data = load_digits(17, torch.device("cpu"))
+    with torch.no_grad():
+        correct = sum(int((theirs(x).argmax(1) == y).sum()) for x, y in data.loader("test", 256))
+    assert payload["weights_layout"] == "tonylins' layout" and payload["correct"] == correct
+    assert payload["images"] == len(data.test) and payload["split"] == "test"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -212,6 +213,30 @@ def test_per_row_knobs_and_squeeze_excite_search_train_and_export(tmp_path):
         assert [row["n"] for row in table_rows(spec)] == [trial.params[f"repeats_{i}"] for i in range(3)]
         assert trial.user_attrs["fvcore_madds"] == trial.user_attrs["madds"]
         build_model(spec).load_state_dict(torch.load(written["weights"], weights_only=True))
+
+
+def test_eval_of_an_exported_trial_reproduces_its_stored_validation_accuracy(tmp_path, capsys):
+    ctx = context(tmp_path, n_trials=1)
+    work(ctx)
+    trial = open_study(ctx).get_trials()[0]
+    written = export_trial(ctx, 0, out_dir=tmp_path / "out")
+    main(["eval", "--table", written["table"], "--weights", written["weights"], "--split", "val", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["correct"] == round(trial.user_attrs["val_acc"] * payload["images"])
+    assert payload["madds"] == trial.user_attrs["madds"] and payload["weights_layout"] == "torchvision's layout"
+
+
+@pytest.mark.parametrize("convention", ["tonylins", "shicai", "neuleaf"])
+def test_exports_under_the_reference_conventions_load_back(tmp_path, capsys, convention):
+    space = {**SPACE, "knobs": {"num_classes": 10, "convention": convention}}
+    ctx = load_context(write_study(tmp_path, space=space, n_trials=1), reports_root=tmp_path / "reports")
+    work(ctx)
+    trial = open_study(ctx).get_trials()[0]
+    written = export_trial(ctx, 0, out_dir=tmp_path / "out")
+    main(["eval", "--table", written["table"], "--weights", written["weights"], "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["correct"] == round(trial.user_attrs["val_acc"] * payload["images"])
+    assert payload["madds"] == trial.user_attrs["madds"] == trial.user_attrs["fvcore_madds"]
 
 
 BAD_STUDIES = [

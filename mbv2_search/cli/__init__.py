@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from mbv2_search.cli import arch_cmds, study_cmds, train_cmd  # noqa: F401 (they register the commands)
+from mbv2_search.cli import arch_cmds, eval_cmd, study_cmds, train_cmd  # noqa: F401 (they register the commands)
 from mbv2_search.cli.app import cli
 from mbv2_search.knobs import ArchError
 from mbv2_search.schema import ConfigError

@@ -119,7 +119,7 @@ def train(
     from mbv2_search.train import train as run_training
 
     recipe = _recipe(recipe_name, overrides)
-    spec, data = _data_for(spec, dataset, data_dir=data_dir, device=device, workers=workers)
+    spec, data = data_for(spec, dataset, data_dir=data_dir, device=device, workers=workers)
     init, layout = _initial_weights(spec, init_path)
     run_dir = run_dir or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     try:
@@ -161,9 +161,7 @@ def _initial_weights(spec: ArchSpec, path: Path | None) -> tuple[Any, str]:
     return state, layout
 
 
-def _data_for(
-    spec: ArchSpec, dataset: str, *, data_dir: Path | None, device: str, workers: int
-) -> tuple[ArchSpec, Any]:
+def data_for(spec: ArchSpec, dataset: str, *, data_dir: Path | None, device: str, workers: int) -> tuple[ArchSpec, Any]:
     """The dataset on the training device, and the spec with the dataset's class count."""
     from dataclasses import replace
 
