@@ -6,6 +6,7 @@ resolved channel widths here; nothing else re-derives them.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -122,6 +123,7 @@ _ROW_RULES = {"t": KNOBS["expansion"], "n": KNOBS["repeats"], "s": KNOBS["stride
 _CHANNELS = KnobInfo(help="", kind=int, low=1, high=4096)
 
 
+@functools.lru_cache(maxsize=64)  # a search checks the same few tables thousands of times
 def validate_table(table: Table) -> None:
     """Raise ArchError for any table value a MobileNetV2 cannot have."""
     _check("rows", len(table.rows), 1 <= len(table.rows) <= 32, "1 to 32 rows")
@@ -131,7 +133,8 @@ def validate_table(table: Table) -> None:
         checks += [(f"rows[{i}].{name}", getattr(row, name), rule) for name, rule in _ROW_RULES.items()]
         checks.append((f"rows[{i}].c", row.c, _CHANNELS))
     for name, value, rule in checks:
-        _check(name, value, rule.accepts(value), rule.allowed())
+        if not rule.accepts(value):
+            raise ArchError(name, value, rule.allowed())
 
 
 def scaled_repeats(n: int, depth: float, *, rounding: str) -> int:

@@ -264,7 +264,7 @@ def check_knobs(knobs: Knobs, n_rows: int) -> None:
             continue
         if info.per_row and isinstance(value, (tuple, list)):
             if len(value) != n_rows:
-                raise ArchError(name, list(value), f"{n_rows} values, one per row")
+                raise ArchError(name, list(value), f"one value for every row, or {n_rows} values, one per row")
             for index, item in enumerate(value):
                 if not info.accepts(item):
                     raise ArchError(f"{name}[{index}]", item, info.allowed())

@@ -65,7 +65,7 @@ def test_cost_with_per_row_knobs_and_squeeze_excite_equals_fvcore(capsys):
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["--repeats", "1,2"], "--repeats: got [1, 2]; allowed: 7 values, one per row"),
+        (["--repeats", "1,2"], "--repeats: got [1, 2]; allowed: one value for every row, or 7 values, one per row"),
         (["--row-widths", "1,x"], "--row-widths: got '1,x'; allowed: comma-separated numbers"),
         (["--repeats", "1.5"], "--repeats: got '1.5'; allowed: comma-separated integers"),
         (["--se-ratio", "2"], "--se-ratio: got 2.0; allowed: a number in [0, 1]"),
