@@ -24,6 +24,7 @@ from mbv2_search.data import FolderData, TensorData
 from mbv2_search.devices import configure_cpu, prefers_channels_last, resolve_device, resolve_precision
 from mbv2_search.errors import TrainingError
 from mbv2_search.model import build_model
+from mbv2_search.optim import RMSpropTF, l2_groups
 from mbv2_search.recipes import Recipe
 from mbv2_search.weights import load_into
 
@@ -133,6 +134,9 @@ class Classifier(pl.LightningModule):
                 nesterov=recipe.nesterov and recipe.momentum > 0,
                 weight_decay=recipe.weight_decay,
             )
+        elif recipe.optimizer == "rmsprop_tf":
+            groups = l2_groups(self.model, recipe.weight_decay, depthwise=recipe.l2_depthwise)
+            optimizer = RMSpropTF(groups, lr=lr, rho=recipe.rmsprop_decay, momentum=recipe.momentum, eps=recipe.eps)
         elif recipe.optimizer == "rmsprop":
             optimizer = torch.optim.RMSprop(
                 params,
@@ -151,6 +155,9 @@ class Classifier(pl.LightningModule):
             )
         elif recipe.schedule == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        elif recipe.schedule == "exponential" and recipe.decay_epochs:  # staircase, as tf.train.exponential_decay
+            every = max(1, round(recipe.decay_epochs * self.steps_per_epoch))
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=every, gamma=recipe.gamma)
         elif recipe.schedule == "exponential":
             per_step = recipe.gamma ** (1 / self.steps_per_epoch)  # x gamma per epoch, applied smoothly
             scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, per_step)

@@ -90,7 +90,10 @@ def test_directory_and_missing_file(tmp_path):
             "vary.width.step: got 0.0; allowed: a number > 0",
         ),  # integer ranges read as floats in YAML
         ("vary: {repeats: {low: 1, high: 3, per_row: true}, strides: {choices: [1, 2], per_row: true}}", None),
-        ("knobs: {row_widths: [1, 1]}", "knobs.row_widths: got [1.0, 1.0]; allowed: one value for every row, or 7 values, one per row"),
+        (
+            "knobs: {row_widths: [1, 1]}",
+            "knobs.row_widths: got [1.0, 1.0]; allowed: one value for every row, or 7 values, one per row",
+        ),
         ("knobs: {se_ratio: -0.5}", "knobs.se_ratio: got -0.5; allowed: a number in [0, 1]"),
         ("knobs: {width: 0.01}", None),  # rounds up to 8 channels: valid, never zero
     ],
