@@ -48,6 +48,10 @@ class TensorData:
     flip: bool  # horizontal flips are label-preserving (not for digits)
     translate: float  # random translation, as a fraction of the side
 
+    def split_sizes(self) -> dict[str, int]:
+        """Images in each split."""
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
     def loader(
         self, split: str, batch_size: int, *, train: bool = False, seed: int = 0, channels_last: bool = False
     ) -> DeviceBatches:
@@ -226,6 +230,11 @@ class FolderData:
     num_classes: int
     resolution: int
     workers: int
+
+    def split_sizes(self) -> dict[str, int]:
+        """Images in each split; val/ serves as both validation and test (so they are the same images)."""
+        sizes = {folder: sum(map(len, _class_images(self.root / folder).values())) for folder in ("train", "val")}
+        return {"train": sizes["train"], "val": sizes["val"], "test": sizes["val"]}
 
     def loader(self, split: str, batch_size: int, *, train: bool = False, seed: int = 0, channels_last: bool = False):
         """A DataLoader: RandomResizedCrop + flip for training, resize + 0.875 center crop for evaluation."""

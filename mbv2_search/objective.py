@@ -205,6 +205,8 @@ class Evaluator:
         return {
             "trained": True,
             "val_acc": result.val_acc,
+            "val_acc_stderr": result.val_acc_stderr,  # how noisy val_acc is: binomial, over split_sizes["val"]
+            "split_sizes": result.split_sizes,
             "test_acc": result.test_acc,
             "epochs": result.epochs,
             "train_seconds": result.train_seconds,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -184,6 +185,8 @@ class TrainResult:
     checkpoint: str
     history: list[dict[str, float]] = field(default_factory=list)
     init: str = ""  # what loading initial weights changed (the classifier re-initialised), if anything
+    split_sizes: dict[str, int] = field(default_factory=dict)  # images in train, val and test
+    val_acc_stderr: float = float("nan")  # binomial standard error of val_acc over the validation images
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready."""
@@ -292,7 +295,9 @@ def train(
     where = f"on {torch_device} at batch size {batch_size}, resolution {spec.resolution}"
     fitted = _fit_and_test(trainer, module, loaders, where)
     result = _result(fitted, clock, device=torch_device, seed=seed, channels_last=channels_last, run_dir=run_dir)
-    return replace(result, init=note)
+    sizes = data.split_sizes()
+    stderr = math.sqrt(result.val_acc * (1 - result.val_acc) / sizes["val"]) if sizes["val"] else float("nan")
+    return replace(result, init=note, split_sizes=sizes, val_acc_stderr=stderr)
 
 
 def _prepare_run(device: torch.device, run_dir: Path, seed: int) -> Path:

@@ -75,6 +75,8 @@ def test_study_runs_to_n_trials_and_records_everything(tmp_path):
     for key in (
         "knobs",
         "block_table",
+        "val_acc_stderr",
+        "split_sizes",
         "madds",
         "params",
         "peak_activation_bytes",
@@ -90,6 +92,9 @@ def test_study_runs_to_n_trials_and_records_everything(tmp_path):
     ):
         assert key in attrs, key
     assert attrs["fvcore_madds"] == attrs["madds"]
+    sizes, accuracy = attrs["split_sizes"], attrs["val_acc"]
+    assert sizes == {"train": 1257, "val": 270, "test": 270}  # digits: a fixed, disjoint 70/15/15 split
+    assert attrs["val_acc_stderr"] == pytest.approx((accuracy * (1 - accuracy) / sizes["val"]) ** 0.5)
     spec = build_spec(
         Knobs(**{k: tuple(v) if isinstance(v, list) else v for k, v in attrs["knobs"].items()}),
         ctx.arch_file.to_table(),
@@ -307,6 +312,7 @@ def test_status_prints_counts_and_front(tmp_path, capsys):
     main(["status", path, "--reports", str(tmp_path / "reports")])
     out = capsys.readouterr().out
     assert "2 complete (0 infeasible" in out and "Pareto front (val_acc, madds)" in out
+    assert " ± 0.0" in out  # every trained accuracy says how noisy it is (binomial standard error)
 
 
 def test_export_onnx_matches_pytorch(tmp_path):

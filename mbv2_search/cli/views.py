@@ -123,6 +123,11 @@ def print_status(ctx: Any, study: Any) -> None:
     front = frame[pareto_mask(frame, ctx.study.objectives)].sort_values(ctx.study.objectives[-1])
     knob_columns = [c for c in frame.columns if c in trials[0].params or any(c in t.params for t in trials)]
     shown = _rows_joined(front[["number", *knob_columns, "madds", "params", "val_acc", "test_acc"]].copy())
+    if "val_acc_stderr" in front:  # how noisy each accuracy is (binomial standard error; absent before 0.2)
+        errors = front["val_acc_stderr"]
+        shown["val_acc"] = [
+            f"{a:.4f} ± {e:.4f}" if e is not None and e == e else f"{a:.4f}" for a, e in zip(front["val_acc"], errors)
+        ]
     shown["madds"] = (shown["madds"] / 1e6).round(3)
     shown["params"] = (shown["params"] / 1e6).round(3)
     shown = shown.rename(columns={"madds": "MAdds (M)", "params": "params (M)"})

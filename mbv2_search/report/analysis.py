@@ -15,6 +15,7 @@ from mbv2_search.study import OBJECTIVES
 
 TRIAL_COLUMNS = (
     "val_acc",
+    "val_acc_stderr",
     "test_acc",
     "madds",
     "params",
