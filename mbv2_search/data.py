@@ -18,8 +18,15 @@ import torch.nn.functional as F
 
 from mbv2_search.datasets import DATASETS, Dataset
 from mbv2_search.errors import DataError
-
-SPLIT_SEED = 0  # fixed, so every trial of a study sees the same train/val/test split
+from mbv2_search.imagefolder import (
+    FULL_CHECK,
+    SPLIT_SEED,
+    FolderData,
+    imagefolder_classes,
+    load_imagefolder,
+    readable,
+    root_of,
+)
 
 
 @dataclass
@@ -221,133 +228,17 @@ def load_cifar(
     )
 
 
-@dataclass
-class FolderData:
-    """An image folder (train/ and val/ of class folders) read by DataLoader worker processes."""
-
-    name: str
-    root: Path
-    num_classes: int
-    resolution: int
-    workers: int
-
-    def split_sizes(self) -> dict[str, int]:
-        """Images in each split; val/ serves as both validation and test (so they are the same images)."""
-        sizes = {folder: sum(map(len, _class_images(self.root / folder).values())) for folder in ("train", "val")}
-        return {"train": sizes["train"], "val": sizes["val"], "test": sizes["val"]}
-
-    def loader(self, split: str, batch_size: int, *, train: bool = False, seed: int = 0, channels_last: bool = False):
-        """A DataLoader: RandomResizedCrop + flip for training, resize + 0.875 center crop for evaluation."""
-        from torchvision import datasets, transforms
-
-        normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-        if train:
-            steps = [transforms.RandomResizedCrop(self.resolution), transforms.RandomHorizontalFlip()]
-        else:
-            steps = [transforms.Resize(round(self.resolution / 0.875)), transforms.CenterCrop(self.resolution)]
-        folder = "train" if split == "train" else "val"
-        dataset = datasets.ImageFolder(
-            str(self.root / folder), transforms.Compose([*steps, transforms.ToTensor(), normalize]), loader=_load_image
-        )
-        generator = torch.Generator().manual_seed(seed)
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.workers > 0,
-            generator=generator,
-        )
-
-
-def _class_images(folder: Path) -> dict[str, list[Path]]:
-    """Each class sub-folder of one split with its image files (torchvision's extensions), sorted."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    return {
-        c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
-        for c in sorted(folder.iterdir())
-        if c.is_dir()
-    }
-
-
-FULL_CHECK = 5_000  # image folders up to this size have every image opened before a run; larger ones one per class
-
-
-def _unreadable(path: object, err: Exception) -> DataError:
-    return DataError(f"{path}: not a readable image ({type(err).__name__}: {err}); replace or remove it")
-
-
-def _readable(path: Path) -> None:
-    """Open and verify one image; DataError naming it if it is not one."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except (OSError, SyntaxError) as err:  # PIL's UnidentifiedImageError is an OSError
-        raise _unreadable(path, err) from None
-
-
-def imagefolder_classes(root: Path) -> dict[str, dict[str, list[Path]]]:
-    """Check an image folder's layout (both splits, the same classes, none empty); split -> class -> images."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    expected = "train/ and val/, each with one sub-folder of images per class"
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise DataError(f"{root / split}: missing; expected {expected}")
-    splits = {split: _class_images(root / split) for split in ("train", "val")}
-    for split, classes in splits.items():
-        if not classes:
-            raise DataError(f"{root / split}: no class sub-folders; expected {expected}")
-        for name, images in classes.items():
-            if not images:
-                raise DataError(f"{root / split / name}: no images ({', '.join(IMG_EXTENSIONS)}); expected {expected}")
-    if sorted(splits["val"]) != sorted(splits["train"]):
-        raise DataError(
-            f"{root}: train/ has {len(splits['train'])} classes but val/ has {len(splits['val'])}; they must match"
-        )
-    return splits
-
-
-def _load_image(path: str) -> object:
-    """torchvision's loader, with a DataError naming an unreadable file (found mid-run in large folders)."""
-    from torchvision.datasets.folder import default_loader
-
-    try:
-        return default_loader(path)
-    except OSError as err:
-        raise _unreadable(path, err) from None
-
-
-def _folder_root(data_dir: str | Path | None) -> Path:
-    if data_dir is None:
-        raise DataError(
-            "imagefolder: no data folder given; pass --data-dir (or data.dir) with train/ and val/ of class sub-folders"
-        )
-    return Path(data_dir)
-
-
-def load_imagefolder(data_dir: str | Path | None, resolution: int, *, workers: int) -> FolderData:
-    """Check an image folder's layout; the val/ split serves as both validation and test."""
-    root = _folder_root(data_dir)
-    return FolderData("imagefolder", root, len(imagefolder_classes(root)["train"]), resolution, workers)
-
-
 def check_source(name: str, data_dir: str | Path | None) -> None:
     """Check that a dataset's files are there and readable, without keeping them (before any trial runs)."""
     if name in _CIFAR:
         load_cifar(name, data_dir, resolution=1, device=torch.device("cpu"))
     elif name == "imagefolder":
         # once per run, not per trial: every image of a small folder, the first of each class otherwise
-        every = [images for split in imagefolder_classes(_folder_root(data_dir)).values() for images in split.values()]
+        every = [images for split in imagefolder_classes(root_of(data_dir)).values() for images in split.values()]
         full = sum(map(len, every)) <= FULL_CHECK
         for images in every:
             for path in images if full else images[:1]:
-                _readable(path)
+                readable(path)
 
 
 def load_dataset(

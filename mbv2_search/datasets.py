@@ -27,6 +27,12 @@ DATASETS: dict[str, Dataset] = {
             "cifar10", 10, "load_cifar", "cifar-10-batches-py/ (data_batch_1..5, test_batch)", "CIFAR-10, python format"
         ),
         Dataset("cifar100", 100, "load_cifar", "cifar-100-python/ (train, test)", "CIFAR-100, python format"),
-        Dataset("imagefolder", None, "load_imagefolder", "train/ and val/ of class sub-folders", "your own images"),
+        Dataset(
+            "imagefolder",
+            None,
+            "load_imagefolder",
+            "train/ and val/ (or test/) of class sub-folders",
+            "your own images",
+        ),
     )
 }

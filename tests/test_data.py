@@ -84,8 +84,13 @@ def test_image_folder(tmp_path):
     assert data.num_classes == 2
     x, y = next(iter(data.loader("train", 4, train=True)))
     assert x.shape == (4, 3, 16, 16)
-    x, y = next(iter(data.loader("val", 6)))
+    x, y = next(iter(data.loader("test", 6)))  # val/ is the test set
     assert x.shape == (6, 3, 16, 16) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+    x, y = next(iter(data.loader("val", 6)))  # validation: held out of train/, one per class here
+    assert sorted(y.tolist()) == [0, 1] and data.split_sizes() == {"train": 4, "val": 2, "test": 6}
+    train_files = {data.loader("train", 1).dataset.dataset.samples[i][0] for i in data._held_out[0]}
+    val_files = {data.loader("val", 1).dataset.dataset.samples[i][0] for i in data._held_out[1]}
+    assert not train_files & val_files and len(train_files | val_files) == 6  # disjoint, and all of train/
     (tmp_path / "val" / "dog").rename(tmp_path / "val" / "bird")
     with pytest.raises(DataError, match="must match"):
         load_dataset("imagefolder", 16, device=CPU, data_dir=tmp_path)
@@ -100,3 +105,17 @@ def test_random_translate_moves_content_within_bounds():
     assert moved.sum() == 64  # nothing lost: the dot moves at most 2 pixels
     assert rows.min() >= 2 and rows.max() <= 6 and cols.min() >= 2 and cols.max() <= 6
     assert len(set(positions.tolist())) > 5
+
+
+def test_a_test_folder_is_the_test_set_and_validation_is_stratified(tmp_path):
+    for split, count in (("train", 20), ("test", 4)):
+        for label in ("cat", "dog", "eel"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(np.full((12, 12, 3), 9 * i, dtype=np.uint8)).save(tmp_path / split / label / f"{i}.png")
+    data = load_dataset("imagefolder", 16, device=CPU, data_dir=tmp_path, workers=0)
+    assert data.split_sizes() == {"train": 54, "val": 6, "test": 12}  # 10% of each class: 2 of 20
+    labels = sorted(y for _, ys in data.loader("val", 8) for y in ys.tolist())
+    assert labels == [0, 0, 1, 1, 2, 2]
+    again = load_dataset("imagefolder", 16, device=CPU, data_dir=tmp_path, workers=0)
+    assert again._held_out == data._held_out  # seeded: every trial of a study sees the same split

@@ -1,0 +1,172 @@
+"""Image folders: train/ and val/ (or test/) of class sub-folders, read by DataLoader workers."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mbv2_search.errors import DataError
+
+SPLIT_SEED = 0  # fixed, so every trial of a study sees the same train/val/test split (every dataset)
+
+
+@dataclass
+class FolderData:
+    """An image folder read by DataLoader worker processes: train/ and val/ (or test/) of class folders.
+
+    Validation is a seeded, stratified hold-out of train/ (VAL_FRACTION of each class), so the images
+    that choose checkpoints and candidates are never the ones reported: test/ is the test set where it
+    exists, else val/ (what the paper reports on ImageNet).
+    """
+
+    name: str
+    root: Path
+    num_classes: int
+    resolution: int
+    workers: int
+
+    @property
+    def test_folder(self) -> str:
+        """test/ where it exists, else val/."""
+        return "test" if (self.root / "test").is_dir() else "val"
+
+    @functools.cached_property
+    def _held_out(self) -> tuple[list[int], list[int]]:
+        """Indices into train/ for training and for validation: VAL_FRACTION of every class, seeded."""
+        by_class: dict[int, list[int]] = {}
+        for index, label in enumerate(_folder(self.root / "train").targets):
+            by_class.setdefault(label, []).append(index)
+        rng = np.random.default_rng(SPLIT_SEED)
+        train, val = [], []
+        for label in sorted(by_class):
+            indices = rng.permutation(by_class[label]).tolist()
+            count = round(len(indices) * VAL_FRACTION) if len(indices) > 1 else 0
+            count = max(count, 1) if len(indices) > 1 else 0  # every class is validated where it can be
+            val += indices[:count]
+            train += indices[count:]
+        return sorted(train), sorted(val)
+
+    def split_sizes(self) -> dict[str, int]:
+        """Images in each split (train and val disjoint, both from train/)."""
+        train, val = self._held_out
+        return {"train": len(train), "val": len(val), "test": len(_folder(self.root / self.test_folder))}
+
+    def loader(self, split: str, batch_size: int, *, train: bool = False, seed: int = 0, channels_last: bool = False):
+        """A DataLoader: RandomResizedCrop + flip for training, resize + 0.875 center crop for evaluation."""
+        from torchvision import transforms
+
+        normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        if train:
+            steps = [transforms.RandomResizedCrop(self.resolution), transforms.RandomHorizontalFlip()]
+        else:
+            steps = [transforms.Resize(round(self.resolution / 0.875)), transforms.CenterCrop(self.resolution)]
+        transform = transforms.Compose([*steps, transforms.ToTensor(), normalize])
+        if split == "test":
+            dataset = _folder(self.root / self.test_folder, transform)
+        else:
+            indices = self._held_out[0 if split == "train" else 1]
+            dataset = torch.utils.data.Subset(_folder(self.root / "train", transform), indices)
+        generator = torch.Generator().manual_seed(seed)
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.workers > 0,
+            generator=generator,
+        )
+
+
+# A tenth of each class of train/ validates: enough images to rank candidates on a small folder, while
+# the reported test set (val/ or test/) stays untouched by every choice.
+VAL_FRACTION = 0.1
+
+
+def _folder(path: Path, transform: object = None) -> object:
+    """torchvision's ImageFolder over one split, reading images through _load_image."""
+    from torchvision import datasets
+
+    return datasets.ImageFolder(str(path), transform, loader=_load_image)
+
+
+def _class_images(folder: Path) -> dict[str, list[Path]]:
+    """Each class sub-folder of one split with its image files (torchvision's extensions), sorted."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return {
+        c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
+        for c in sorted(folder.iterdir())
+        if c.is_dir()
+    }
+
+
+FULL_CHECK = 5_000  # image folders up to this size have every image opened before a run; larger ones one per class
+
+
+def _unreadable(path: object, err: Exception) -> DataError:
+    return DataError(f"{path}: not a readable image ({type(err).__name__}: {err}); replace or remove it")
+
+
+def readable(path: Path) -> None:
+    """Open and verify one image; DataError naming it if it is not one."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise _unreadable(path, err) from None
+
+
+def imagefolder_classes(root: Path) -> dict[str, dict[str, list[Path]]]:
+    """Check an image folder's layout (both splits, the same classes, none empty); split -> class -> images."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    expected = "train/ and val/ (or test/), each with one sub-folder of images per class"
+    present = [split for split in ("val", "test") if (root / split).is_dir()]
+    for split in ("train", *([] if present else ["val"])):
+        if not (root / split).is_dir():
+            raise DataError(f"{root / split}: missing; expected {expected}")
+    splits = {split: _class_images(root / split) for split in ("train", *present)}
+    for split, classes in splits.items():
+        if not classes:
+            raise DataError(f"{root / split}: no class sub-folders; expected {expected}")
+        for name, images in classes.items():
+            if not images:
+                raise DataError(f"{root / split / name}: no images ({', '.join(IMG_EXTENSIONS)}); expected {expected}")
+    for split in present:
+        if sorted(splits[split]) != sorted(splits["train"]):
+            raise DataError(
+                f"{root}: train/ has {len(splits['train'])} classes but {split}/ has {len(splits[split])}; they must match"
+            )
+    return splits
+
+
+def _load_image(path: str) -> object:
+    """torchvision's loader, with a DataError naming an unreadable file (found mid-run in large folders)."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except OSError as err:
+        raise _unreadable(path, err) from None
+
+
+def root_of(data_dir: str | Path | None) -> Path:
+    if data_dir is None:
+        raise DataError(
+            "imagefolder: no data folder given; pass --data-dir (or data.dir) with train/ and val/ of class sub-folders"
+        )
+    return Path(data_dir)
+
+
+def load_imagefolder(data_dir: str | Path | None, resolution: int, *, workers: int) -> FolderData:
+    """Check an image folder's layout; the val/ split serves as both validation and test."""
+    root = root_of(data_dir)
+    return FolderData("imagefolder", root, len(imagefolder_classes(root)["train"]), resolution, workers)
