@@ -78,8 +78,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, Any], str]:
     return loaded, "torchvision's layout"
 
 
-def load_into(model: Any, state: dict[str, Any], *, source: str) -> str:
-    """Load weights into a model; a classifier of another class count is re-initialised, and the note says so."""
+def load_into(model: Any, state: dict[str, Any], *, source: str, new_classifier: bool = True) -> str:
+    """Load weights into a model; a classifier of another class count is re-initialised (the note says so),
+    or refused where `new_classifier` is False (eval: a fresh classifier would measure chance)."""
     own = model.state_dict()
     for key in sorted(set(own) ^ set(state)):
         if not key.startswith("classifier."):
@@ -90,10 +91,9 @@ def load_into(model: Any, state: dict[str, Any], *, source: str) -> str:
         if not key.startswith("classifier."):
             shapes = f"{tuple(state[key].shape)} in the file, {tuple(own[key].shape)} in the model"
             raise WeightsError(f"{source}: {key}: {shapes}; the architecture flags must match the weights")
+    if different:
+        classes = f"the weights have {state[different[0]].shape[0]} classes, the model {own[different[0]].shape[0]}"
+        if not new_classifier:
+            raise WeightsError(f"{source}: {classes}")
     model.load_state_dict({k: v for k, v in state.items() if k not in different}, strict=False)
-    if not different:
-        return ""
-    classes = state[different[0]].shape[0]
-    return (
-        f"the classifier was re-initialised: the weights have {classes} classes, the model {own[different[0]].shape[0]}"
-    )
+    return f"the classifier was re-initialised: {classes}" if different else ""

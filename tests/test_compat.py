@@ -5,22 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mbv2_search.cli import main
 from mbv2_search.ledger import counts
 from mbv2_search.search import load_context
 from mbv2_search.storage import open_study
+from tests.test_cli import run
 
 STORED = Path(__file__).parent / "data" / "stored-v0.1"  # written by mbv2-search 0.1.0 (2 trials, journal)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_a_study_stored_by_0_1_loads_resumes_reports_and_exports(tmp_path, capsys, monkeypatch):
