@@ -175,5 +175,5 @@ def requeue_worker(study: optuna.Study, pid: int, *, reason: str) -> list[int]:
 
 
 def set_attrs(study: optuna.Study, trial_id: int, *, attrs: dict[str, Any]) -> None:
-    """Write several user attributes of a trial."""
+    """Write several user attributes of a trial, in one storage write."""
     private.set_trial_attrs(study, trial_id, attrs=attrs)

@@ -161,9 +161,11 @@ class Evaluator:
         pruner = self._pruner(trial, measured)
         result = self._fit(trial, spec, data, seed=seed, callbacks=[pruner] if pruner else ())
         attrs.update(self._trained_attrs(spec, result))
-        ledger.set_attrs(trial.study, private.trial_id(trial), attrs=attrs)
-        if pruner is not None and pruner.stopped_at is not None:
-            trial.set_user_attr("prune_reason", pruner.reason)
+        pruned = pruner is not None and pruner.stopped_at is not None
+        if pruned:
+            attrs["prune_reason"] = pruner.reason
+        ledger.set_attrs(trial.study, private.trial_id(trial), attrs=attrs)  # one write: see optuna_private
+        if pruned:
             raise optuna.TrialPruned(pruner.reason)
         return values(self.ctx.study.objectives, val_acc=result.val_acc, measured=measured)
 

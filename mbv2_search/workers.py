@@ -34,8 +34,9 @@ class Heartbeat:
     def __init__(self, trial: optuna.Trial, seconds: float) -> None:
         self.trial, self.seconds = trial, seconds
         self.stop_event = threading.Event()
-        trial.set_user_attr(ledger.WORKER, ledger.worker_id())
-        trial.set_user_attr("heartbeat", time.time())
+        ledger.set_attrs(
+            trial.study, private.trial_id(trial), attrs={ledger.WORKER: ledger.worker_id(), "heartbeat": time.time()}
+        )
         self.thread = threading.Thread(target=self._beat, daemon=True)
         self.thread.start()
 
