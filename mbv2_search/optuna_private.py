@@ -1,13 +1,15 @@
 """Every use of Optuna's private API, in one place, so an Optuna upgrade has one file to check.
 
 Each is needed because Optuna's public API has no equivalent: writing a finished or another
-worker's trial by id (re-queueing a stopped worker's trial), several attributes in one write, and
-the lock file that the journal's own append takes.
+worker's trial by id (re-queueing a stopped worker's trial), several attributes in one write,
+reading only the trials that changed since the last look, and the lock file that the journal's own
+append takes.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 import optuna
@@ -15,11 +17,17 @@ from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.storages.journal._file import get_lock_file  # noqa: F401 (used by journal.py)
 from optuna.storages.journal._storage import JournalOperation
+from optuna.trial import FrozenTrial
 
 
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     """The storage behind a study (Study has no public accessor)."""
     return study._storage
+
+
+def study_id(study: optuna.Study) -> int:
+    """A study's storage id, which the storage's methods take."""
+    return study._study_id
 
 
 def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
@@ -93,3 +101,26 @@ def _journal_user_attrs(storage: optuna.storages.JournalStorage, trial_id_: int,
                 first = first or err
         if first is not None:
             raise first
+
+
+def changed_trials(
+    study: optuna.Study, *, unfinished: Collection[int], known: int, last_finished: int
+) -> list[FrozenTrial]:
+    """The study's trials that may have changed since a look that saw `known` trials: those then
+    unfinished (storage ids) and every newer one; other storages return every trial.
+
+    Finished trials never change (Optuna refuses writes to them), so they need reading once.
+    Journal: one replay of the new records, then dictionary look-ups. RDB: one query for the
+    unfinished trials and those above the last finished id (what Optuna's own cache reads).
+    """
+    storage, sid = storage_of(study), study_id(study)
+    rdb = _rdb(storage)
+    if isinstance(storage, optuna.storages.JournalStorage):
+        with storage._thread_lock:
+            storage._sync_with_backend()
+            replay = storage._replay_result
+            ids = replay._study_id_to_trial_ids[sid]
+            return [replay._trials[i] for i in unfinished] + [replay._trials[i] for i in ids[known:]]
+    if rdb is not None:
+        return rdb._get_trials(sid, None, set(unfinished), last_finished)
+    return storage.get_all_trials(sid, deepcopy=False)
