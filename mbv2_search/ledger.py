@@ -90,8 +90,9 @@ def spent(study: optuna.Study) -> Budget:
 
 def _spent(index: TrialIndex) -> Budget:
     tally, running = _tally(index), _counted_running(index)
-    unseen = {candidate_key(t.params) for t in running} - tally.first.keys()
-    return Budget(len(tally.numbers), len(running), len(tally.first) + len(unseen))
+    keys = {candidate_key(t.params) for t in running}
+    unseen = sum(key not in tally.first for key in keys)  # not keys - first.keys(): that copies every key
+    return Budget(len(tally.numbers), len(running), len(tally.first) + unseen)
 
 
 def held_before(study: optuna.Study, number: int) -> int:

@@ -95,7 +95,14 @@ class TrialIndex:
 
     def running(self) -> list[FrozenTrial]:
         """The RUNNING trials, by number."""
-        return sorted((t for t in self.open.values() if t.state == optuna.trial.TrialState.RUNNING), key=_number)
+        return self._unfinished(optuna.trial.TrialState.RUNNING)
+
+    def waiting(self) -> list[FrozenTrial]:
+        """The WAITING trials (the queue), by number."""
+        return self._unfinished(optuna.trial.TrialState.WAITING)
+
+    def _unfinished(self, state: optuna.trial.TrialState) -> list[FrozenTrial]:
+        return sorted((t for t in self.open.values() if t.state == state), key=_number)
 
 
 def _number(trial: FrozenTrial) -> int:
@@ -110,7 +117,14 @@ _INDEXES_LOCK = threading.Lock()
 def look(study: optuna.Study) -> Iterator[TrialIndex]:
     """The study's index brought up to date, held for the block (keep the block short: no sleeping in it)."""
     with _INDEXES_LOCK:
-        index = _INDEXES.setdefault(study, TrialIndex())
+        index = _INDEXES.get(study) or _INDEXES.setdefault(study, TrialIndex())
     with index.lock:
         index.refresh(study)
         yield index
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """study.ask(): the next queued trial (the earliest that no other worker took first), or a new one."""
+    with look(study) as index:
+        waiting = [private.trial_id(t) for t in index.waiting()]
+    return private.ask(study, waiting=waiting)

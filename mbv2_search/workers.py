@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from mbv2_search import ledger, space
+from mbv2_search import ledger, space, trial_index
 from mbv2_search import optuna_private as private
 from mbv2_search.interrupts import Interrupted, SignalGuard
 from mbv2_search.knobs import ArchError
@@ -173,7 +173,7 @@ def work(
             if size is not None and report.streak >= 2 and ctx.study.sampler.name != "grid":
                 _nudge(ctx, study)
             guard.check()
-            trial = study.ask()
+            trial = trial_index.ask(study)  # Optuna's ask scans every trial for the queue
             if ledger.held_before(study, trial.number) >= n_trials:
                 # other workers took the last slots between our count and our ask: give this one back
                 ledger.requeue(

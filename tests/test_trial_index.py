@@ -82,7 +82,9 @@ def test_the_index_answers_as_full_scans_while_two_workers_change_the_study(tmp_
         study = rng.choice(studies)
         action = rng.random()
         if action < 0.45 or not running:
-            trial = study.ask(SPACE)  # may pop a queued retry
+            trial = study.ask() if rng.random() < 0.5 else trial_index.ask(study)  # may pop a queued retry
+            for name, distribution in SPACE.items():
+                trial.suggest_categorical(name, distribution.choices)
             if rng.random() < 0.8:  # else still choosing its knobs
                 trial.set_user_attr(ledger.CANDIDATE, ledger.candidate_key(trial.params))
             running.append((study, trial))
@@ -129,3 +131,16 @@ def test_indexes_are_per_study_object_and_freed_with_it(tmp_path):
     del study, index
     gc.collect()
     assert freed() is None
+
+
+def test_ask_takes_the_queue_in_order_without_scanning_every_trial(tmp_path, monkeypatch):
+    study, other = two_workers(f"journal:{tmp_path / 'study.journal'}")
+    for resolution in (8, 12, 16):
+        study.enqueue_trial({"width": 0.5, "resolution": resolution})
+    taken = other.ask()  # another worker takes the first queued trial
+    storage = private.storage_of(study)
+    monkeypatch.setattr(storage, "get_all_trials", lambda *a, **k: pytest.fail("ask scanned every trial"))
+    asked = [trial_index.ask(study) for _ in range(3)]
+    assert [t.number for t in asked] == [1, 2, 3] and taken.number == 0
+    assert [t.suggest_categorical("resolution", [8, 12, 16]) for t in asked[:2]] == [12, 16]  # queued knobs
+    assert asked[2].params == {} and storage.get_trial(asked[2]._trial_id).state == TrialState.RUNNING
