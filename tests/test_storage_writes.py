@@ -3,7 +3,9 @@ which Optuna's own readers read back, and a finished trial's are refused as Optu
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 
 import optuna
 import pytest
@@ -19,9 +21,19 @@ SPACE = {"width": CategoricalDistribution([0.5, 1.0]), "resolution": Categorical
 
 def two_workers(url: str) -> tuple[optuna.Study, optuna.Study]:
     """One study opened twice, as two worker processes open it (each its own storage object)."""
-    directions = ["maximize", "minimize"]
-    first = optuna.create_study(study_name="shared", storage=make_storage(url), directions=directions)
-    return first, optuna.load_study(study_name="shared", storage=make_storage(url))
+    name, directions = f"shared-{uuid.uuid4().hex[:8]}", ["maximize", "minimize"]
+    first = optuna.create_study(study_name=name, storage=make_storage(url), directions=directions)
+    return first, optuna.load_study(study_name=name, storage=make_storage(url))
+
+
+def storages(tmp_path) -> dict[str, str | None]:
+    """The storages a worker may use: journal file, SQLite, and PostgreSQL where MBV2_TEST_POSTGRES names one."""
+    postgres = os.environ.get("MBV2_TEST_POSTGRES")
+    return {
+        "journal": f"journal:{tmp_path / 'study.journal'}",
+        "sqlite": f"sqlite:///{tmp_path / 'study.db'}",
+        "postgresql": postgres,
+    }
 
 
 def test_a_finished_trials_attributes_are_refused_and_the_storage_stays_usable(tmp_path):
@@ -47,21 +59,25 @@ def test_attributes_reach_a_journal_in_one_append_that_optuna_reads(tmp_path, mo
     ledger.set_attrs(study, private.trial_id(trial), attrs=attrs)
     assert appends == [30]  # one lock, one fsync
     plain = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    assert optuna.load_study(study_name="shared", storage=plain).get_trials()[0].user_attrs == attrs
+    assert optuna.load_study(study_name=study.study_name, storage=plain).get_trials()[0].user_attrs == attrs
 
 
-def test_attributes_reach_an_rdb_in_one_transaction(tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_attributes_reach_an_rdb_in_one_transaction(tmp_path, kind):
     from sqlalchemy import event
 
-    study, _ = two_workers(f"sqlite:///{tmp_path / 'study.db'}")
+    if storages(tmp_path)[kind] is None:
+        pytest.skip("no PostgreSQL configured: set MBV2_TEST_POSTGRES (bash scripts/with-postgres.sh starts one)")
+    study, _ = two_workers(storages(tmp_path)[kind])
     trial = study.ask(SPACE)
+    ledger.set_attrs(study, private.trial_id(trial), attrs={"attr0": "overwritten", "kept": [1, {"a": 2}]})
     engine = private.storage_of(study)._backend.engine
     commits = []
     event.listen(engine, "commit", lambda conn: commits.append(time.time()))
     attrs = {f"attr{i}": i for i in range(30)}
     ledger.set_attrs(study, private.trial_id(trial), attrs=attrs)
     assert len(commits) == 1
-    assert study.get_trials()[0].user_attrs == attrs
+    assert study.get_trials()[0].user_attrs == {**attrs, "kept": [1, {"a": 2}]}  # upserted
     study.tell(trial, state=TrialState.FAIL)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         ledger.set_attrs(study, private.trial_id(trial), attrs={"late": 1})

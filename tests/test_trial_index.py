@@ -13,7 +13,7 @@ from mbv2_search import ledger, trial_index
 from mbv2_search import optuna_private as private
 from mbv2_search.report.analysis import pareto_mask, trials_frame
 from mbv2_search.search import snapshot
-from tests.test_storage_writes import SPACE, two_workers
+from tests.test_storage_writes import SPACE, storages, two_workers
 
 OBJECTIVES = ["val_acc", "madds"]
 
@@ -74,9 +74,11 @@ def check_against_full_scans(study: optuna.Study) -> None:
     assert progress["running_params"] == running
 
 
-@pytest.mark.parametrize("url", ["journal", "sqlite"])
-def test_the_index_answers_as_full_scans_while_two_workers_change_the_study(tmp_path, url):
-    url = f"journal:{tmp_path / 'study.journal'}" if url == "journal" else f"sqlite:///{tmp_path / 'study.db'}"
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
+def test_the_index_answers_as_full_scans_while_two_workers_change_the_study(tmp_path, kind):
+    url = storages(tmp_path)[kind]
+    if url is None:
+        pytest.skip("no PostgreSQL configured: set MBV2_TEST_POSTGRES (bash scripts/with-postgres.sh starts one)")
     studies, rng, running = two_workers(url), random.Random(14), []
     for step in range(70):
         study = rng.choice(studies)
