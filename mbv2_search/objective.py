@@ -193,6 +193,7 @@ class Evaluator:
             device=str(self.device),
             precision=training.precision,
             memory_format=self.memory_format(trial.study, spec),
+            cuda_graphs=self.cuda_graphs(trial.study, spec),
             max_minutes=training.max_minutes,
             callbacks=callbacks,
         )
@@ -216,6 +217,7 @@ class Evaluator:
             "device": result.device,
             "hardware": self.hardware,
             "memory_format": result.memory_format,
+            "cuda_graphs": result.cuda_graphs,
             # relative to the report folder, so a moved or copied study still finds its weights
             "run_dir": os.path.relpath(result.run_dir, self.ctx.report_dir),
             "checkpoint": os.path.relpath(result.checkpoint, self.ctx.report_dir) if result.checkpoint else "",
@@ -237,12 +239,37 @@ class Evaluator:
             return "channels_last"
         shape = [self.hardware, batch_size, spec.resolution, spec.stem_channels, spec.head_channels]
         shape.append([_block_shape(b) for b in spec.blocks])
-        key = "memory_format:" + hashlib.sha1(json.dumps(shape).encode()).hexdigest()[:16]
-        stored = study.user_attrs.get(key)
-        if stored is None:
-            stored = (
-                "channels_last" if prefers_channels_last(spec, self.device, batch_size=batch_size) else "contiguous"
-            )
-            study.set_user_attr(key, stored)
-            stored = study.user_attrs[key]  # a worker that probed at the same moment may have written last
-        return stored
+
+        def measure() -> str:
+            return "channels_last" if prefers_channels_last(spec, self.device, batch_size=batch_size) else "contiguous"
+
+        return _stored_choice(study, "memory_format", shape, measure)
+
+    def cuda_graphs(self, study: optuna.Study, spec: ArchSpec) -> str:
+        """'on' where replaying CUDA graphs trains this shape faster on this GPU (measured once, stored with
+        the study, as the memory format), 'off' on the CPU or where the study says so."""
+        from mbv2_search.devices import resolve_precision
+        from mbv2_search.graphs import prefers_cuda_graphs
+
+        training = self.ctx.study.training
+        if self.device.type != "cuda" or training.cuda_graphs != "auto":
+            return training.cuda_graphs if self.device.type == "cuda" else "off"
+        precision = resolve_precision(training.precision, self.device)
+        shape = [self.hardware, training.batch_size, precision, spec.resolution, spec.stem_channels]
+        shape += [spec.head_channels, [_block_shape(b) for b in spec.blocks]]
+
+        def measure() -> str:
+            faster = prefers_cuda_graphs(spec, self.device, batch_size=training.batch_size, precision=precision)
+            return "on" if faster else "off"
+
+        return _stored_choice(study, "cuda_graphs", shape, measure)
+
+
+def _stored_choice(study: optuna.Study, name: str, shape: list[Any], measure: Any) -> str:
+    """The study's stored choice for this shape, measured and stored by the first worker that needs it."""
+    key = f"{name}:" + hashlib.sha1(json.dumps(shape).encode()).hexdigest()[:16]
+    stored = study.user_attrs.get(key)
+    if stored is None:
+        study.set_user_attr(key, measure())
+        stored = study.user_attrs[key]  # a worker that probed at the same moment may have written last
+    return stored

@@ -36,7 +36,7 @@ def space_fingerprint(ctx: Context) -> str:
         {
             "space": _space_identity(ctx.arch_file),
             "data": study.data.dataset,
-            "training": study.training.model_dump(exclude={"device", "precision"}),
+            "training": study.training.model_dump(exclude={"device", "precision", "cuda_graphs"}),
             "objectives": study.objectives,
             "constraints": study.constraints,
         },

@@ -40,6 +40,7 @@ class TrainingModel(Strict):
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay training steps from CUDA graphs (GPUs)
     max_minutes: float | None = Field(None, gt=0)
 
     def recipe_model(self, path: str | Path = "study") -> Recipe:
@@ -94,6 +95,7 @@ class StudyFile(Strict):
     n_trials: int = Field(ge=1, le=1_000_000)
     timeout_minutes: float | None = Field(None, gt=0)
     workers: int = Field(1, ge=1, le=256)
+    workers_per_gpu: int = Field(1, ge=1, le=64)  # on a GPU machine: this many workers on each GPU
     storage: str | None = None
     baselines: list[dict[str, Any]] = Field(default_factory=list)
     latency: LatencyModel = LatencyModel()

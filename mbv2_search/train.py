@@ -24,6 +24,7 @@ from mbv2_search.callbacks import RichEpochProgress, TrainingClock
 from mbv2_search.data import FolderData, TensorData
 from mbv2_search.devices import configure_cpu, prefers_channels_last, resolve_device, resolve_precision
 from mbv2_search.errors import TrainingError
+from mbv2_search.graphs import batch_sample, capture, prefers_cuda_graphs
 from mbv2_search.model import build_model
 from mbv2_search.optim import RMSpropTF, l2_groups
 from mbv2_search.recipes import Recipe
@@ -56,8 +57,9 @@ class WeightEMA(torch.nn.Module):
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         averaged = [p for p in self.module.parameters()]
         torch._foreach_lerp_(averaged, [p.detach() for p in model.parameters()], 1 - decay)
-        for mine, theirs in zip(self.module.buffers(), model.buffers()):
-            mine.copy_(theirs)
+        buffers = list(self.module.buffers())
+        if buffers:  # one launch for all BatchNorm statistics, not 150
+            torch._foreach_copy_(buffers, list(model.buffers()))
 
 
 class Classifier(pl.LightningModule):
@@ -73,9 +75,11 @@ class Classifier(pl.LightningModule):
         steps_per_epoch: int,
         num_classes: int,
         check_every: int = 1,
+        graph_sample: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.model, self.recipe = model, recipe
+        self.graph_sample = graph_sample  # a batch shape to replay from CUDA graphs
         self.batch_size, self.epochs, self.steps_per_epoch = batch_size, epochs, steps_per_epoch
         self.top5 = num_classes > 5
         self.check_every = check_every
@@ -103,6 +107,11 @@ class Classifier(pl.LightningModule):
             batch_size=len(labels),
         )
         return loss
+
+    def on_train_start(self) -> None:
+        # here, on the device and after the EMA's copy (a copy must not share the captured graphs)
+        if self.graph_sample is not None:
+            capture(self.model, self.graph_sample, precision=str(self.trainer.precision))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
@@ -184,6 +193,7 @@ class TrainResult:
     run_dir: str
     checkpoint: str
     history: list[dict[str, float]] = field(default_factory=list)
+    cuda_graphs: bool = False  # training steps replayed from CUDA graphs
     init: str = ""  # what loading initial weights changed (the classifier re-initialised), if anything
     split_sizes: dict[str, int] = field(default_factory=dict)  # images in train, val and test
     val_acc_stderr: float = float("nan")  # binomial standard error of val_acc over the validation images
@@ -239,6 +249,7 @@ def train(
     precision: str = "auto",
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto",
     compile: bool = False,
+    cuda_graphs: Literal["auto", "on", "off"] = "auto",
     callbacks: Sequence[pl.Callback] = (),
     progress: bool = False,
     max_minutes: float | None = None,
@@ -257,6 +268,7 @@ def train(
         precision: a Lightning precision, or 'auto'.
         memory_format: 'auto' measures on the CPU, channels_last on GPUs.
         compile: torch.compile the model.
+        cuda_graphs: replay training steps from CUDA graphs; 'auto' measures (GPUs only; eager on the CPU).
         callbacks: extra Lightning callbacks (the search passes its reporter here).
         progress: show a rich progress bar over epochs.
         max_minutes: stop training after this long.
@@ -274,6 +286,9 @@ def train(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loaders = _loaders(data, batch_size=batch_size, seed=seed, channels_last=channels_last)
+    precision = resolve_precision(precision, torch_device)
+    steps_batch = min(batch_size, data.split_sizes()["train"])  # training drops the last partial batch
+    graphs = _use_graphs(cuda_graphs, spec, torch_device, batch_size=steps_batch, precision=precision, compile=compile)
     module = Classifier(
         torch.compile(model) if compile else model,
         recipe,
@@ -282,13 +297,14 @@ def train(
         steps_per_epoch=len(loaders.train),
         num_classes=data.num_classes,
         check_every=1 if torch_device.type == "cpu" else 25,
+        graph_sample=batch_sample(spec, steps_batch, torch_device, channels_last=channels_last) if graphs else None,
     )
     clock = TrainingClock(torch_device.type == "cuda")
     trainer = build_trainer(
         run_dir,
         epochs=epochs,
         device=torch_device,
-        precision=resolve_precision(precision, torch_device),
+        precision=precision,
         callbacks=[clock, *callbacks, *([RichEpochProgress()] if progress else [])],
         max_minutes=max_minutes,
     )
@@ -297,7 +313,18 @@ def train(
     result = _result(fitted, clock, device=torch_device, seed=seed, channels_last=channels_last, run_dir=run_dir)
     sizes = data.split_sizes()
     stderr = math.sqrt(result.val_acc * (1 - result.val_acc) / sizes["val"]) if sizes["val"] else float("nan")
-    return replace(result, init=note, split_sizes=sizes, val_acc_stderr=stderr)
+    return replace(result, init=note, split_sizes=sizes, val_acc_stderr=stderr, cuda_graphs=graphs)
+
+
+def _use_graphs(
+    choice: str, spec: ArchSpec, device: torch.device, *, batch_size: int, precision: str, compile: bool
+) -> bool:
+    """CUDA graphs where asked for ('on') or measured faster ('auto'); never on the CPU or with torch.compile."""
+    if choice == "on" and device.type != "cuda":
+        raise TrainingError(f"cuda_graphs: got 'on' but the device is {device}; CUDA graphs need a GPU (use 'auto')")
+    if device.type != "cuda" or compile or choice == "off":
+        return False
+    return choice == "on" or prefers_cuda_graphs(spec, device, batch_size=batch_size, precision=precision)
 
 
 def _prepare_run(device: torch.device, run_dir: Path, seed: int) -> Path:
@@ -339,6 +366,7 @@ def _fit_and_test(trainer: pl.Trainer, module: Classifier, loaders: _Loaders, wh
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning 2.6 on torch 2.14
+            warnings.filterwarnings("ignore", message=".*in eval mode at the start of training.*")  # the EMA copy
             trainer.fit(module, loaders.train, loaders.val)
             fit_seconds = time.perf_counter() - start
             checkpoint = trainer.checkpoint_callback.best_model_path

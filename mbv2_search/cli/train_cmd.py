@@ -79,6 +79,13 @@ def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
 )
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model.")
 @click.option(
+    "--cuda-graphs",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Replay training steps from CUDA graphs (GPUs; auto: where measured faster for this model).",
+)
+@click.option(
     "--workers", type=click.IntRange(0), default=4, show_default=True, help="DataLoader workers (imagefolder only)."
 )
 @click.option(
@@ -106,6 +113,7 @@ def train(
     precision: str,
     memory_format: str,
     use_compile: bool,
+    cuda_graphs: str,
     workers: int,
     run_dir: Path | None,
     init_path: Path | None,
@@ -114,12 +122,15 @@ def train(
     """Train one variant (architecture flags as for `cost`) and report accuracy, time and costs."""
     import time
 
+    from mbv2_search.devices import resolve_device
     from mbv2_search.errors import TrainingError
     from mbv2_search.interrupts import SignalGuard
     from mbv2_search.train import train as run_training
 
     recipe = _recipe(recipe_name, overrides)
     spec, data = data_for(spec, dataset, data_dir=data_dir, device=device, workers=workers)
+    if cuda_graphs == "on" and resolve_device(device).type != "cuda":  # the device was checked by data_for
+        raise UserError(f"--cuda-graphs: got 'on' but --device {device} is not a GPU; allowed there: auto, off")
     init, layout = _initial_weights(spec, init_path)
     run_dir = run_dir or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     try:
@@ -136,6 +147,7 @@ def train(
                 precision=precision,
                 memory_format=memory_format,
                 compile=use_compile,
+                cuda_graphs=cuda_graphs,
                 progress=not as_json,
                 init=init,
             )
@@ -203,7 +215,8 @@ def _print_result(spec: ArchSpec, result: Any, *, dataset: str, recipe: Any, as_
         return
     console.print(
         f"val_acc {result.val_acc:.4f}  test_acc {result.test_acc:.4f}  {result.epochs} epochs in {result.train_seconds:.1f} s "
-        f"({result.train_images_per_second:,.0f} train images/s, {result.device}, {result.memory_format})\n"
+        f"({result.train_images_per_second:,.0f} train images/s, {result.device}, {result.memory_format}"
+        f"{', CUDA graphs' if result.cuda_graphs else ''})\n"
         f"{cost_.madds / 1e6:.2f} M MAdds, {cost_.params / 1e6:.3f} M params; run folder {result.run_dir}"
     )
     if init:
