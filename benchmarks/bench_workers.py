@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from mbv2_search.ledger import counts  # noqa: E402
 from mbv2_search.search import load_context  # noqa: E402
 from mbv2_search.storage import make_storage, open_study  # noqa: E402
-from mbv2_search.workers import start_workers  # noqa: E402
+from mbv2_search.supervisor import start_workers  # noqa: E402
 
 SPACE = {
     "knobs": {"num_classes": 10},

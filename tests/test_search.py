@@ -23,7 +23,8 @@ from mbv2_search.ledger import EXCLUDED, counts
 from mbv2_search.model import build_model
 from mbv2_search.search import load_context
 from mbv2_search.storage import StudyMismatch, open_study
-from mbv2_search.workers import start_workers, work
+from mbv2_search.supervisor import start_workers
+from mbv2_search.workers import work
 
 SPACE = {
     "table": {
