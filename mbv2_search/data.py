@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mbv2_search.datasets import DATASETS, Dataset
+from mbv2_search.datasets import DATASETS, VAL_FRACTION, Dataset
 from mbv2_search.errors import DataError
 from mbv2_search.imagefolder import (
     FULL_CHECK,
@@ -136,10 +136,20 @@ def random_translate(batch: torch.Tensor, shift: int, *, generator: torch.Genera
     return padded.permute(0, 2, 3, 1)[images, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def _split_indices(n: int, fractions: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _split_indices(
+    n: int, *, val: float, test: float, val_fraction: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded train/val/test indices: val and test shares of n, or val_fraction of the images outside test.
+
+    The test images stay the same whatever val_fraction is, and val_fraction=None gives the fixed split.
+    """
     order = np.random.default_rng(SPLIT_SEED).permutation(n)
-    n_val, n_test = round(n * fractions[0]), round(n * fractions[1])
-    return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
+    n_val, n_test = round(n * val), round(n * test)
+    test_index = order[n_val : n_val + n_test]
+    pool = np.concatenate([order[:n_val], order[n_val + n_test :]])  # ordered so that None keeps n_val first
+    if val_fraction is not None:
+        n_val = min(max(1, round(len(pool) * val_fraction)), len(pool) - 1)  # never an empty split
+    return pool[n_val:], pool[:n_val], test_index
 
 
 @functools.cache
@@ -151,14 +161,16 @@ def _digits_source() -> tuple[np.ndarray, np.ndarray]:
     return bunch.images, bunch.target
 
 
-def load_digits(resolution: int, device: torch.device) -> TensorData:
-    """scikit-learn's bundled 8x8 digits (1,797 images), split 70/15/15, resized once to the resolution."""
+def load_digits(resolution: int, device: torch.device, *, val_fraction: float | None = None) -> TensorData:
+    """scikit-learn's bundled 8x8 digits (1,797 images), split 70/15/15 (or val_fraction of the 85% outside
+    the test set), resized once to the resolution."""
     source_images, source_labels = _digits_source()
     images = torch.tensor(source_images, dtype=torch.float32).unsqueeze(1) / 16.0
     images = F.interpolate(images, size=resolution, mode="bilinear", align_corners=False)
     labels = torch.tensor(source_labels, dtype=torch.long)
     train, val, test = (
-        Split(images[i].to(device), labels[i].to(device)) for i in _split_indices(len(labels), (0.15, 0.15))
+        Split(images[i].to(device), labels[i].to(device))
+        for i in _split_indices(len(labels), val=0.15, test=0.15, val_fraction=val_fraction)
     )
     mean, std = train.images.mean().item(), train.images.std().item()
     # 1/16 of the side is half an original pixel: a 1/8 shift (a whole 8x8 pixel) slowed short runs
@@ -189,7 +201,12 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
 
 
 def load_cifar(
-    name: str, data_dir: str | Path | None, *, resolution: int, device: torch.device, val_fraction: float = 0.1
+    name: str,
+    data_dir: str | Path | None,
+    *,
+    resolution: int,
+    device: torch.device,
+    val_fraction: float | None = None,
 ) -> TensorData:
     """CIFAR-10/100 from a local folder in the standard python format (torchvision's layout)."""
     folder_name, train_files, test_file, label_key = _CIFAR[name]
@@ -209,7 +226,7 @@ def load_cifar(
     test_images, test_labels = _read_cifar_batch(folder / test_file, label_key)
     if labels.min() < 0 or labels.max() >= classes:
         raise DataError(f"{folder}: labels outside 0..{classes - 1}")
-    train_index, val_index, _ = _split_indices(len(labels), (val_fraction, 0.0))
+    train_index, val_index, _ = _split_indices(len(labels), val=VAL_FRACTION, test=0.0, val_fraction=val_fraction)
 
     def split(x: np.ndarray, y: np.ndarray) -> Split:
         return Split(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
@@ -242,7 +259,13 @@ def check_source(name: str, data_dir: str | Path | None) -> None:
 
 
 def load_dataset(
-    name: str, resolution: int, *, device: torch.device, data_dir: str | Path | None = None, workers: int = 4
+    name: str,
+    resolution: int,
+    *,
+    device: torch.device,
+    data_dir: str | Path | None = None,
+    workers: int = 4,
+    val_fraction: float | None = None,
 ) -> TensorData | FolderData:
     """Load a dataset by name for a candidate's resolution.
 
@@ -252,20 +275,29 @@ def load_dataset(
         device: where in-memory datasets live (the training device).
         data_dir: the local folder for cifar10/cifar100/imagefolder.
         workers: DataLoader worker processes for imagefolder.
+        val_fraction: the share of the images outside the test set that validates; None: the dataset's
+            own (datasets.DATASETS[name].validation).
     """
     if name not in DATASETS:
         raise DataError(f"dataset: got {name!r}; allowed: {', '.join(DATASETS)}")
-    return globals()[f"_{DATASETS[name].loader}"](DATASETS[name], data_dir, resolution, device, workers)
+    dataset = DATASETS[name]
+    return globals()[f"_{dataset.loader}"](dataset, data_dir, resolution, device, workers, val_fraction)
 
 
-# The registry's loaders under one signature: (dataset, data_dir, resolution, device, workers).
-def _load_digits(dataset: Dataset, data_dir: object, resolution: int, device: torch.device, workers: int) -> TensorData:
-    return load_digits(resolution, device)
+# The registry's loaders under one signature: (dataset, data_dir, resolution, device, workers, val_fraction).
+def _load_digits(
+    dataset: Dataset, data_dir: object, resolution: int, device: torch.device, workers: int, val_fraction: float | None
+) -> TensorData:
+    return load_digits(resolution, device, val_fraction=val_fraction)
 
 
-def _load_cifar(dataset: Dataset, data_dir: object, resolution: int, device: torch.device, workers: int) -> TensorData:
-    return load_cifar(dataset.name, data_dir, resolution=resolution, device=device)
+def _load_cifar(
+    dataset: Dataset, data_dir: object, resolution: int, device: torch.device, workers: int, val_fraction: float | None
+) -> TensorData:
+    return load_cifar(dataset.name, data_dir, resolution=resolution, device=device, val_fraction=val_fraction)
 
 
-def _load_imagefolder(dataset: Dataset, data_dir: object, resolution: int, device: object, workers: int) -> FolderData:
-    return load_imagefolder(data_dir, resolution, workers=workers)
+def _load_imagefolder(
+    dataset: Dataset, data_dir: object, resolution: int, device: object, workers: int, val_fraction: float | None
+) -> FolderData:
+    return load_imagefolder(data_dir, resolution, workers=workers, val_fraction=val_fraction)

@@ -32,16 +32,16 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
 def space_fingerprint(ctx: Context) -> str:
     """What makes trials comparable: the space, data, training budget and objectives."""
     study = ctx.study
-    return json.dumps(
-        {
-            "space": _space_identity(ctx.arch_file),
-            "data": study.data.dataset,
-            "training": study.training.model_dump(exclude={"device", "precision"}),
-            "objectives": study.objectives,
-            "constraints": study.constraints,
-        },
-        sort_keys=True,
-    )
+    identity = {
+        "space": _space_identity(ctx.arch_file),
+        "data": study.data.dataset,
+        "training": study.training.model_dump(exclude={"device", "precision"}),
+        "objectives": study.objectives,
+        "constraints": study.constraints,
+    }
+    if study.data.val_fraction is not None:  # another split changes what val_acc means; unset keeps 0.1's
+        identity["val_fraction"] = study.data.val_fraction
+    return json.dumps(identity, sort_keys=True)
 
 
 def _space_identity(arch_file: ArchFile) -> dict[str, Any]:

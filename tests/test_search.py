@@ -270,6 +270,10 @@ BAD_STUDIES = [
     ({"space": "missing.yaml"}, "space: got 'missing.yaml'; no such file"),
     ({"baselines": [{"width": 3.0}]}, "baselines[0].width: got 3.0"),
     (
+        {"data": {"dataset": "digits", "val_fraction": 0}},
+        "data.val_fraction: got 0; allowed: a fraction strictly between 0 and 1",
+    ),
+    (
         {"space": {**SPACE, "vary": {"widht": {"choices": [1.0]}}}},
         "space.vary.widht: unknown key 'widht'; did you mean 'width'?",
     ),
@@ -304,6 +308,13 @@ def test_ctrl_c_in_training_requeues_the_trial(tmp_path, monkeypatch, terminal_s
     work(ctx)
     trials = open_study(ctx).get_trials()
     assert finished(ctx)["complete"] == 2 and trials[1].params == first[0].params  # rerun first
+
+
+def test_a_study_validates_on_its_val_fraction(tmp_path):
+    ctx = context(tmp_path, n_trials=1, data={"dataset": "digits", "val_fraction": 0.3})
+    work(ctx)
+    attrs = open_study(ctx).get_trials()[0].user_attrs
+    assert attrs["split_sizes"] == {"train": 1069, "val": 458, "test": 270}  # 0.3 of the images outside test
 
 
 def test_status_prints_counts_and_front(tmp_path, capsys):
