@@ -27,6 +27,7 @@ from mbv2_search.imagefolder import (
     readable,
     root_of,
 )
+from mbv2_search.preprocessing import INTERPOLATION, record
 
 
 @dataclass
@@ -54,10 +55,27 @@ class TensorData:
     resolution: int
     flip: bool  # horizontal flips are label-preserving (not for digits)
     translate: float  # random translation, as a fraction of the side
+    pixel_max: float = 255.0  # raw pixel values divided by it: 0..1
+    antialias: bool = True  # resizing filters first when it shrinks
+    # resizing is linear and its weights sum to 1, so it commutes with normalising; recorded in one order
+    steps: tuple[str, ...] = ("scale", "resize", "normalize", "grey_to_rgb")
 
     def split_sizes(self) -> dict[str, int]:
         """Images in each split."""
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def preprocessing(self) -> dict[str, object]:
+        """How an image becomes this data's model input (preprocessing.record), from the values used here."""
+        return record(
+            resolution=self.resolution,
+            shorter_side=self.resolution,
+            antialias=self.antialias,
+            pixel_max=self.pixel_max,
+            mean=self.mean,
+            std=self.std,
+            grey_to_rgb=self.train.images.shape[1] == 1,
+            steps=self.steps if self.train.images.shape[1] == 1 else self.steps[:-1],
+        )
 
     def loader(
         self, split: str, batch_size: int, *, train: bool = False, seed: int = 0, channels_last: bool = False
@@ -100,11 +118,11 @@ class DeviceBatches:
 
     def prepare(self, batch: torch.Tensor) -> torch.Tensor:
         """To float, normalized, at the candidate's resolution, augmented when training."""
-        batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
+        batch = batch.float() / self.data.pixel_max if batch.dtype == torch.uint8 else batch.float()
         batch = (batch - self.mean) / self.std
         if batch.shape[-1] != self.data.resolution:
             batch = F.interpolate(
-                batch, size=self.data.resolution, mode="bilinear", antialias=True, align_corners=False
+                batch, size=self.data.resolution, mode=INTERPOLATION, antialias=self.data.antialias, align_corners=False
             )
         if self.train:
             batch = self._augment(batch)
@@ -152,6 +170,10 @@ def _split_indices(
     return pool[n_val:], pool[:n_val], test_index
 
 
+DIGITS_MAX = 16.0  # scikit-learn's digits count 0..16 dark cells of a 4x4 block per pixel
+DIGITS_ANTIALIAS = False  # plain bilinear, as 0.1.0 resized; enlarging from 8 px, antialiasing changes nothing
+
+
 @functools.cache
 def _digits_source() -> tuple[np.ndarray, np.ndarray]:
     # scikit-learn parses a CSV on every call (0.3 s): read it once per process, resize per trial
@@ -165,8 +187,8 @@ def load_digits(resolution: int, device: torch.device, *, val_fraction: float | 
     """scikit-learn's bundled 8x8 digits (1,797 images), split 70/15/15 (or val_fraction of the 85% outside
     the test set), resized once to the resolution."""
     source_images, source_labels = _digits_source()
-    images = torch.tensor(source_images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = F.interpolate(images, size=resolution, mode="bilinear", align_corners=False)
+    images = torch.tensor(source_images, dtype=torch.float32).unsqueeze(1) / DIGITS_MAX
+    images = F.interpolate(images, size=resolution, mode=INTERPOLATION, antialias=DIGITS_ANTIALIAS, align_corners=False)
     labels = torch.tensor(source_labels, dtype=torch.long)
     train, val, test = (
         Split(images[i].to(device), labels[i].to(device))
@@ -175,7 +197,20 @@ def load_digits(resolution: int, device: torch.device, *, val_fraction: float | 
     mean, std = train.images.mean().item(), train.images.std().item()
     # 1/16 of the side is half an original pixel: a 1/8 shift (a whole 8x8 pixel) slowed short runs
     # from 97% to 95% validation accuracy after 10 epochs (width 0.35 at 32 px, measured)
-    return TensorData("digits", train, val, test, 10, (mean,), (std,), resolution, flip=False, translate=1 / 16)
+    return TensorData(
+        "digits",
+        train,
+        val,
+        test,
+        10,
+        (mean,),
+        (std,),
+        resolution,
+        flip=False,
+        translate=1 / 16,
+        pixel_max=DIGITS_MAX,
+        antialias=DIGITS_ANTIALIAS,
+    )
 
 
 _CIFAR = {

@@ -11,8 +11,11 @@ import torch
 
 from mbv2_search.datasets import VAL_FRACTION
 from mbv2_search.errors import DataError
+from mbv2_search.preprocessing import record
 
 SPLIT_SEED = 0  # fixed, so every trial of a study sees the same train/val/test split (every dataset)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's ImageNet statistics
+CROP_SHARE = 0.875  # evaluation resizes to resolution / 0.875 and centre-crops: 224 of 256, TF-Slim's central fraction
 
 
 @dataclass
@@ -57,15 +60,34 @@ class FolderData:
         train, val = self._held_out
         return {"train": len(train), "val": len(val), "test": len(_folder(self.root / self.test_folder))}
 
+    @property
+    def shorter_side(self) -> int:
+        """The side an evaluated image's shorter side is resized to, before the centre crop."""
+        return round(self.resolution / CROP_SHARE)
+
+    def preprocessing(self) -> dict[str, object]:
+        """How an image becomes the evaluated model input (preprocessing.record): torchvision's Resize on
+        the 8-bit RGB image (PIL's antialiased bilinear), centre crop, then to 0..1 and normalised."""
+        return record(
+            resolution=self.resolution,
+            shorter_side=self.shorter_side,
+            antialias=True,
+            pixel_max=255.0,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            grey_to_rgb=False,  # files are read as RGB (PIL convert): grey ones have 3 equal channels already
+            steps=("resize", "scale", "normalize"),
+        )
+
     def loader(self, split: str, batch_size: int, *, train: bool = False, seed: int = 0, channels_last: bool = False):
         """A DataLoader: RandomResizedCrop + flip for training, resize + 0.875 center crop for evaluation."""
         from torchvision import transforms
 
-        normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
         if train:
             steps = [transforms.RandomResizedCrop(self.resolution), transforms.RandomHorizontalFlip()]
         else:
-            steps = [transforms.Resize(round(self.resolution / 0.875)), transforms.CenterCrop(self.resolution)]
+            steps = [transforms.Resize(self.shorter_side), transforms.CenterCrop(self.resolution)]
         transform = transforms.Compose([*steps, transforms.ToTensor(), normalize])
         if split == "test":
             dataset = _folder(self.root / self.test_folder, transform)

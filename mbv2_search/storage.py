@@ -47,7 +47,7 @@ def space_fingerprint(ctx: Context) -> str:
 def _space_identity(arch_file: ArchFile) -> dict[str, Any]:
     """The space as stored trials depend on it; knobs added after 0.1.0 count only where set, so the
     fingerprints of studies stored by 0.1.0 still match."""
-    space = arch_file.model_dump(exclude={"name", "description"})
+    space = arch_file.model_dump(exclude={"name", "description", "preprocessing"})
     if space["knobs"]["dropout"] is None:  # the convention's, as 0.1.0 wrote it out (0.2 for its conventions)
         space["knobs"]["dropout"] = CONVENTIONS[space["knobs"]["convention"]].dropout
     defaults = Knobs()
