@@ -324,6 +324,7 @@ def test_status_prints_counts_and_front(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 complete (0 infeasible" in out and "Pareto front (val_acc, madds)" in out
     assert " ± 0.0" in out  # every trained accuracy says how noisy it is (binomial standard error)
+    assert "≈ neighbour" in out and "front points not distinguishable from a neighbour" in out
 
 
 def test_export_onnx_matches_pytorch(tmp_path):
