@@ -94,7 +94,12 @@ class Evaluator:
             config = self.ctx.study.data
             self._data = {
                 resolution: load_dataset(
-                    config.dataset, resolution, device=self.device, data_dir=config.dir, workers=config.workers
+                    config.dataset,
+                    resolution,
+                    device=self.device,
+                    data_dir=config.dir,
+                    workers=config.workers,
+                    val_fraction=config.val_fraction,
                 )
             }
         return self._data[resolution]

@@ -62,12 +62,15 @@ def space_size(ctx: Context) -> int | None:
 
 def snapshot(study: optuna.Study, ctx: Context) -> dict[str, Any]:
     """Progress numbers from storage: counts, the running trials' knobs, Pareto size, ETA."""
-    from mbv2_search.report.analysis import pareto_mask, trials_frame
+    from mbv2_search.report.analysis import front_data, trials_frame
 
     trials = study.get_trials(deepcopy=False)
     state = ledger.counts(trials)
     frame = trials_frame(trials)
-    front = int(pareto_mask(frame, ctx.study.objectives).sum()) if len(frame) else 0
+    knobs = space.param_names(ctx.arch_file)
+    front = (
+        len(front_data(ctx.study.name, frame, objectives=ctx.study.objectives, knobs=knobs).front) if len(frame) else 0
+    )
     durations = [
         (t.datetime_complete - t.datetime_start).total_seconds()
         for t in trials

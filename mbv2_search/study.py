@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from mbv2_search import space
 from mbv2_search.config import ArchFile, check_arch, load_arch_file
-from mbv2_search.datasets import DATASETS
+from mbv2_search.datasets import DATASETS, check_val_fraction
 from mbv2_search.recipes import RECIPES, Recipe, recipe_with
 from mbv2_search.sampler import SAMPLERS
 from mbv2_search.schema import ConfigError, SecretValue, Strict, UnknownKey, parse, read_yaml, unknown_key
@@ -30,6 +30,12 @@ class DataModel(Strict):
     dataset: Literal[tuple(DATASETS)] = "digits"  # type: ignore[valid-type]
     dir: str | None = None
     workers: int = Field(4, ge=0)
+    val_fraction: float | None = None  # None: the dataset's own validation split (datasets.DATASETS)
+
+    @field_validator("val_fraction", mode="before")
+    @classmethod
+    def _fraction(cls, value: object) -> float | None:
+        return None if value is None else check_val_fraction(value)
 
 
 class TrainingModel(Strict):

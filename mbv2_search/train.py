@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from mbv2_search.devices import configure_cpu, prefers_channels_last, resolve_de
 from mbv2_search.errors import TrainingError
 from mbv2_search.graphs import batch_sample, capture, prefers_cuda_graphs
 from mbv2_search.model import build_model
+from mbv2_search.noise import binomial_stderr
 from mbv2_search.optim import RMSpropTF, l2_groups
 from mbv2_search.recipes import Recipe
 from mbv2_search.weights import load_into
@@ -312,7 +312,7 @@ def train(
     fitted = _fit_and_test(trainer, module, loaders, where)
     result = _result(fitted, clock, device=torch_device, seed=seed, channels_last=channels_last, run_dir=run_dir)
     sizes = data.split_sizes()
-    stderr = math.sqrt(result.val_acc * (1 - result.val_acc) / sizes["val"]) if sizes["val"] else float("nan")
+    stderr = binomial_stderr(result.val_acc, sizes["val"])
     return replace(result, init=note, split_sizes=sizes, val_acc_stderr=stderr, cuda_graphs=graphs)
 
 

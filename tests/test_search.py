@@ -271,6 +271,10 @@ BAD_STUDIES = [
     ({"space": "missing.yaml"}, "space: got 'missing.yaml'; no such file"),
     ({"baselines": [{"width": 3.0}]}, "baselines[0].width: got 3.0"),
     (
+        {"data": {"dataset": "digits", "val_fraction": 0}},
+        "data.val_fraction: got 0; allowed: a fraction strictly between 0 and 1",
+    ),
+    (
         {"space": {**SPACE, "vary": {"widht": {"choices": [1.0]}}}},
         "space.vary.widht: unknown key 'widht'; did you mean 'width'?",
     ),
@@ -307,6 +311,13 @@ def test_ctrl_c_in_training_requeues_the_trial(tmp_path, monkeypatch, terminal_s
     assert finished(ctx)["complete"] == 2 and trials[1].params == first[0].params  # rerun first
 
 
+def test_a_study_validates_on_its_val_fraction(tmp_path):
+    ctx = context(tmp_path, n_trials=1, data={"dataset": "digits", "val_fraction": 0.3})
+    work(ctx)
+    attrs = open_study(ctx).get_trials()[0].user_attrs
+    assert attrs["split_sizes"] == {"train": 1069, "val": 458, "test": 270}  # 0.3 of the images outside test
+
+
 def test_status_prints_counts_and_front(tmp_path, capsys):
     path = write_study(tmp_path, n_trials=2)
     main(["run", path, "--reports", str(tmp_path / "reports")])
@@ -314,6 +325,7 @@ def test_status_prints_counts_and_front(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 complete (0 infeasible" in out and "Pareto front (val_acc, madds)" in out
     assert " ± 0.0" in out  # every trained accuracy says how noisy it is (binomial standard error)
+    assert "≈ neighbour" in out and "front points not distinguishable from a neighbour" in out
 
 
 def test_export_onnx_matches_pytorch(tmp_path):

@@ -185,5 +185,6 @@ def report(study_files: tuple[Path, ...], storage: str | None, reports: Path, ou
         written = write_report(studies, study_dirs=folders, out_dir=out)
     except OSError as err:
         raise UserError(f"{err.filename or out}: cannot write the report ({err.strerror})") from None
-    for name, path in written.items():
-        console.print(f"{name}: {path}")
+    click.echo(f"wrote {len(written)} files:")  # plain lines: a long path is never wrapped
+    for path in written.values():
+        click.echo(f"  {path}")

@@ -11,7 +11,7 @@ import click
 
 from mbv2_search.arch import ArchSpec, build_spec
 from mbv2_search.cli.app import UserError, cli, console
-from mbv2_search.cli.flags import arch_options
+from mbv2_search.cli.flags import arch_options, val_fraction_option
 from mbv2_search.datasets import DATASETS
 from mbv2_search.recipes import RECIPES
 
@@ -45,6 +45,7 @@ def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
     type=click.Path(path_type=Path),
     help="Local folder: " + "; ".join(f"{d.name}: {d.layout}" for d in DATASETS.values() if d.layout) + ".",
 )
+@val_fraction_option
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option(
@@ -104,6 +105,7 @@ def train(
     spec: ArchSpec,
     dataset: str,
     data_dir: Path | None,
+    val_fraction: float | None,
     epochs: int,
     batch_size: int,
     recipe_name: str,
@@ -128,7 +130,7 @@ def train(
     from mbv2_search.train import train as run_training
 
     recipe = _recipe(recipe_name, overrides)
-    spec, data = data_for(spec, dataset, data_dir=data_dir, device=device, workers=workers)
+    spec, data = data_for(spec, dataset, data_dir=data_dir, device=device, workers=workers, val_fraction=val_fraction)
     if cuda_graphs == "on" and resolve_device(device).type != "cuda":  # the device was checked by data_for
         raise UserError(f"--cuda-graphs: got 'on' but --device {device} is not a GPU; allowed there: auto, off")
     init, layout = _initial_weights(spec, init_path)
@@ -173,7 +175,9 @@ def _initial_weights(spec: ArchSpec, path: Path | None) -> tuple[Any, str]:
     return state, layout
 
 
-def data_for(spec: ArchSpec, dataset: str, *, data_dir: Path | None, device: str, workers: int) -> tuple[ArchSpec, Any]:
+def data_for(
+    spec: ArchSpec, dataset: str, *, data_dir: Path | None, device: str, workers: int, val_fraction: float | None
+) -> tuple[ArchSpec, Any]:
     """The dataset on the training device, and the spec with the dataset's class count."""
     from dataclasses import replace
 
@@ -183,7 +187,9 @@ def data_for(spec: ArchSpec, dataset: str, *, data_dir: Path | None, device: str
 
     try:
         torch_device = resolve_device(device)
-        data = load_dataset(dataset, spec.resolution, device=torch_device, data_dir=data_dir, workers=workers)
+        data = load_dataset(
+            dataset, spec.resolution, device=torch_device, data_dir=data_dir, workers=workers, val_fraction=val_fraction
+        )
     except (DataError, TrainingError, RuntimeError) as err:
         raise UserError(str(err)) from None
     if spec.knobs.num_classes not in (None, data.num_classes):  # given (--classes or the table), and wrong
