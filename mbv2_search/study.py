@@ -49,6 +49,12 @@ class TrainingModel(Strict):
     cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay training steps from CUDA graphs (GPUs)
     max_minutes: float | None = Field(None, gt=0)
 
+    @field_validator("cuda_graphs", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        """YAML reads a bare on/off (and yes/no) as a boolean."""
+        return ("on" if value else "off") if isinstance(value, bool) else value
+
     def recipe_model(self, path: str | Path = "study") -> Recipe:
         """The named recipe with the overrides applied (a ConfigError names a bad override)."""
         return recipe_with(self.recipe, self.overrides, path=str(path), section="training.overrides.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,13 @@ def test_cuda_graphs_train_as_eager_does(tmp_path):
     eager, graphed = ([h["train_loss"] for h in runs[m].history] for m in ("off", "on"))
     assert graphed == pytest.approx(eager, rel=2e-2), (eager, graphed)
     assert abs(runs["on"].val_acc - runs["off"].val_acc) <= 0.03
+
+
+def test_a_bare_yaml_on_or_off_means_the_cuda_graphs_choice(tmp_path):
+    from mbv2_search.study import load_study
+
+    for word, meant in (("on", "on"), ("off", "off"), ("auto", "auto")):
+        path = write_study(tmp_path, training={"epochs": 1, "device": "cpu"})
+        text = Path(path).read_text().replace("device: cpu", f"device: cpu\n  cuda_graphs: {word}")
+        Path(path).write_text(text)
+        assert load_study(path)[0].training.cuda_graphs == meant
