@@ -1,0 +1,108 @@
+"""One candidate on several devices: DDP over 2 CPU processes (gloo), with real helper processes."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from mbv2_search.data import load_dataset
+from mbv2_search.distributed import HelperFailed
+from mbv2_search.errors import TrainingError
+from mbv2_search.interrupts import Interrupted
+from mbv2_search.model import build_model
+from mbv2_search.recipes import RECIPES
+from mbv2_search.train import train
+from tests.test_train import SPEC
+
+BATCH = 64
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", 16, device=torch.device("cpu"))
+
+
+class StepCounter(pl.Callback):
+    """Optimizer steps per epoch and the learning rate the optimizer used, seen on rank 0."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.lrs: set[float] = set()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.start = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.lrs.add(trainer.optimizers[0].param_groups[0]["lr"])
+        self.world = trainer.world_size
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.steps.append(trainer.global_step - self.start)
+
+
+def run(digits, tmp_path, **kwargs):
+    options = {"epochs": 2, "batch_size": BATCH, "recipe": RECIPES["fast"], "seed": 3, "run_dir": tmp_path}
+    return train(SPEC, digits, device="cpu", devices=2, **{**options, **kwargs})
+
+
+def test_two_processes_step_the_global_batch_at_the_scaled_rate(digits, tmp_path):
+    recipe = RECIPES["fast"].model_copy(update={"schedule": "constant"})
+    counter = StepCounter()
+    result = run(digits, tmp_path, recipe=recipe, callbacks=[counter])
+    n_train = digits.split_sizes()["train"]
+    assert counter.world == 2
+    assert counter.steps == [math.floor(n_train / (BATCH * 2))] * 2
+    assert counter.lrs == {recipe.scaled_lr(BATCH * 2)}
+    # the result is there as for one device: val_acc over the whole val set, checkpoint, history, sizes
+    assert result.split_sizes == digits.split_sizes() and result.epochs == 2 and len(result.history) == 2
+    assert 0 <= result.val_acc <= 1 and result.val_acc == max(h["val_acc"] for h in result.history)
+    assert (tmp_path / "best.ckpt").is_file() and result.checkpoint == str(tmp_path / "best.ckpt")
+    assert (tmp_path / "metrics.csv").is_file() and result.device == "cpu x 2"
+    assert not torch.distributed.is_initialized() and "WORLD_SIZE" not in os.environ  # restored for the next trial
+    # every rank evaluated the whole val set with the same weights: the stored number is that accuracy
+    state = torch.load(result.checkpoint, weights_only=False)["state_dict"]
+    model = build_model(SPEC).eval()
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    with torch.no_grad():
+        correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in digits.loader("val", 256))
+    assert correct / len(digits.val) == pytest.approx(result.val_acc, abs=1e-6)
+
+
+class KillHelper(pl.Callback):
+    """At the second epoch's start, SIGKILL the helper rank (or raise in rank 0 when `raise_in` is given)."""
+
+    def __init__(self, raise_in: BaseException | None = None) -> None:
+        self.raise_in = raise_in
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch != 1:
+            return
+        if self.raise_in is not None:
+            raise self.raise_in
+        (helper,) = multiprocessing.active_children()
+        os.kill(helper.pid, signal.SIGKILL)
+
+
+def test_a_killed_helper_fails_the_run_and_leaves_no_process(digits, tmp_path):
+    with pytest.raises(HelperFailed, match=r"rank 1 \(pid \d+\) was killed by SIGKILL while training"):
+        run(digits, tmp_path, epochs=3, callbacks=[KillHelper()])
+    assert multiprocessing.active_children() == []
+    assert not torch.distributed.is_initialized() and "WORLD_SIZE" not in os.environ
+
+
+def test_interrupting_rank_zero_ends_its_helper(digits, tmp_path):
+    with pytest.raises(Interrupted):
+        run(digits, tmp_path, epochs=3, callbacks=[KillHelper(raise_in=Interrupted(signal.SIGTERM))])
+    assert multiprocessing.active_children() == []
+    assert not torch.distributed.is_initialized()
+
+
+def test_devices_name_the_bad_value():
+    with pytest.raises(TrainingError, match="devices: got 0; allowed: 1 or more"):
+        train(SPEC, None, epochs=1, batch_size=8, recipe=RECIPES["fast"], seed=0, run_dir="x", devices=0)
