@@ -114,10 +114,10 @@ def rank_devices(device: str, count: int = 1) -> list[torch.device]:
     if count < 1:
         raise TrainingError(f"devices: got {count}; allowed: 1 or more")
     if "," in device:
-        gpus = [resolve_device(f"cuda:{index.strip().removeprefix('cuda:')}") for index in device.split(",")]
-        if count not in (1, len(gpus)) or len(set(gpus)) != len(gpus):
+        names = [f"cuda:{index.strip().removeprefix('cuda:')}" for index in device.split(",")]
+        if count not in (1, len(names)) or len(set(names)) != len(names):
             raise TrainingError(f"devices: got {count} with device {device!r}; name each GPU once, as many as devices")
-        return gpus
+        return [resolve_device(name) for name in names]
     resolved = resolve_device(device)
     if count == 1 or resolved.type == "cpu":
         return [resolved] * count

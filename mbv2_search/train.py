@@ -245,6 +245,8 @@ def train(
         init: initial weights in our layout (weights.read_weights), to fine-tune from.
     """
     ranks = rank_devices(device, devices)
+    if len(ranks) > 1 and cuda_graphs == "on":
+        raise TrainingError(f"cuda_graphs: got 'on' with {len(ranks)} devices; CUDA graphs train on one (use 'auto')")
     if len(ranks) > 1 and memory_format == "auto":  # measured once: every rank must lay out its weights alike
         channels_last = prefers_channels_last(spec, ranks[0], batch_size=batch_size)
         memory_format = "channels_last" if channels_last else "contiguous"

@@ -10,14 +10,19 @@ import signal
 import pytest
 import pytorch_lightning as pl
 import torch
+from optuna.trial import TrialState
 
+from mbv2_search import supervisor
 from mbv2_search.data import load_dataset
 from mbv2_search.distributed import HelperFailed
 from mbv2_search.errors import TrainingError
 from mbv2_search.interrupts import Interrupted
 from mbv2_search.model import build_model
 from mbv2_search.recipes import RECIPES
+from mbv2_search.storage import open_study, space_fingerprint
 from mbv2_search.train import train
+from mbv2_search.workers import work
+from tests.test_search import context
 from tests.test_train import SPEC
 
 BATCH = 64
@@ -106,3 +111,43 @@ def test_interrupting_rank_zero_ends_its_helper(digits, tmp_path):
 def test_devices_name_the_bad_value():
     with pytest.raises(TrainingError, match="devices: got 0; allowed: 1 or more"):
         train(SPEC, None, epochs=1, batch_size=8, recipe=RECIPES["fast"], seed=0, run_dir="x", devices=0)
+
+
+class StopOnRankZero(pl.Callback):
+    """As the search's pruner: asks to stop after the first epoch, on rank 0 only."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.should_stop = True
+
+
+def test_a_stop_asked_on_rank_zero_stops_every_rank(digits, tmp_path):
+    result = run(digits, tmp_path, epochs=3, callbacks=[StopOnRankZero()])
+    assert result.epochs == 1 and len(result.history) == 1 and multiprocessing.active_children() == []
+
+
+def test_a_study_trains_each_trial_on_two_processes(tmp_path):
+    ctx = context(
+        tmp_path, n_trials=1, training={"epochs": 1, "batch_size": 64, "device": "cpu", "devices_per_trial": 2}
+    )
+    report = work(ctx)
+    (trial,) = open_study(ctx).get_trials()
+    assert report.ran == 1 and trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["device"] == "cpu x 2" and trial.user_attrs["split_sizes"]["train"] == 1257
+    assert (ctx.report_dir / "trials" / "00000" / "best.ckpt").is_file()
+
+
+def test_devices_per_trial_counts_in_the_fingerprint_only_when_set(tmp_path):
+    fingerprint = lambda **training: space_fingerprint(context(tmp_path, training=training))  # noqa: E731
+    plain = {"epochs": 1, "batch_size": 64, "device": "cpu"}
+    assert fingerprint(**plain) == fingerprint(**plain, devices_per_trial=1)  # stored studies still match
+    assert fingerprint(**plain) != fingerprint(**plain, devices_per_trial=2)  # another global batch
+
+
+def test_workers_get_gpus_in_groups_of_devices_per_trial(monkeypatch):
+    assert supervisor.worker_devices("auto", 2, per_trial=2) == ["cpu", "cpu"]  # no GPU: each worker's 2 processes
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 5)
+    assert supervisor.worker_devices("auto", 1, per_trial=2) == ["cuda:0,cuda:1", "cuda:2,cuda:3"]  # 5 // 2 workers
+    assert supervisor.worker_devices("cuda", 1, per_gpu=2, per_trial=2) == ["cuda:0,cuda:1"] * 2 + ["cuda:2,cuda:3"] * 2
+    with pytest.raises(TrainingError, match="devices_per_trial: got 6 but this machine has 5 GPUs"):
+        supervisor.worker_devices("auto", 1, per_trial=6)
