@@ -23,15 +23,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from mbv2_search.errors import TrainingError
+from mbv2_search.errors import HelperFailed, TrainingError
 
 TIMEOUT = datetime.timedelta(minutes=3)  # a collective waiting longer than this has lost a rank (NCCL's case)
 READY_MINUTES = 10.0  # helpers load the data and build the model before the first collective
 _ENVIRONMENT = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK", "RANK")
-
-
-class HelperFailed(TrainingError):
-    """A helper rank failed or died, so the candidate's training on several devices could not finish."""
 
 
 def ddp_strategy(device_type: str) -> Any:
@@ -113,11 +109,11 @@ def train_distributed(
     helpers on ranks 1.., this process on rank 0 with the callbacks."""
     world, port = len(ranks), free_port()
     threads = max(1, torch.get_num_threads() // world)  # on the CPU the ranks split this process's threads
-    group = _Helpers(
-        train_rank, job, on_device(data, torch.device("cpu")), ranks=list(ranks), port=port, threads=threads
-    )
-    previous_threads, finished = torch.get_num_threads(), False
+    previous_threads, finished, group = torch.get_num_threads(), False, None
     try:
+        group = _Helpers(
+            train_rank, job, on_device(data, torch.device("cpu")), ranks=list(ranks), port=port, threads=threads
+        )
         with rank_environment(0, world, port):
             torch.set_num_threads(threads)
             try:
@@ -127,13 +123,15 @@ def train_distributed(
                 finished = True
                 return result
             except Exception as err:
-                failure = group.failure(wait=10.0)
+                # a lost connection may be a helper's failure that it has yet to report; rank 0's own is its own
+                failure = group.failure(wait=0.0 if isinstance(err, TrainingError) else 10.0)
                 if failure is not None:
                     raise failure from err
                 raise
     finally:
         torch.set_num_threads(previous_threads)
-        group.stop(finished=finished)
+        if group is not None:
+            group.stop(finished=finished)
         if torch.distributed.is_initialized():  # the next trial makes its own group
             torch.distributed.destroy_process_group()
 
@@ -153,8 +151,12 @@ class _Helpers:
         try:
             for rank in range(1, len(ranks)):
                 args = (train_rank, job, data, ranks, rank, port, threads, self.messages, os.getpid())
-                self.processes[rank] = process = context.Process(target=_helper_main, args=args)
+                process = context.Process(target=_helper_main, args=args)
                 process.start()
+                self.processes[rank] = process
+        except BaseException:  # a signal between two starts: end those started
+            self.stop(finished=False)
+            raise
         finally:
             signal.signal(signal.SIGINT, previous)
 
@@ -166,7 +168,7 @@ class _Helpers:
             elif kind == "error":
                 self.errors[rank] = error
 
-    def _dead(self) -> HelperFailed | None:
+    def _dead(self) -> TrainingError | None:
         for rank, process in self.processes.items():
             if rank in self.errors:
                 return _as_failure(rank, self.errors[rank])
@@ -185,7 +187,7 @@ class _Helpers:
             if time.monotonic() > deadline:
                 raise HelperFailed(f"helper ranks not ready after {READY_MINUTES:g} minutes")
 
-    def failure(self, *, wait: float) -> HelperFailed | None:
+    def failure(self, *, wait: float) -> TrainingError | None:
         """Why a helper failed, waiting up to `wait` seconds for it to say or exit (rank 0 may notice first)."""
         deadline = time.monotonic() + wait
         while True:

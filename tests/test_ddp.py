@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from mbv2_search import supervisor
 from mbv2_search.data import load_dataset
 from mbv2_search.distributed import HelperFailed
-from mbv2_search.errors import TrainingError
+from mbv2_search.errors import TrainingError, environment_message
 from mbv2_search.interrupts import Interrupted
 from mbv2_search.model import build_model
 from mbv2_search.recipes import RECIPES
@@ -95,8 +95,9 @@ class KillHelper(pl.Callback):
 
 
 def test_a_killed_helper_fails_the_run_and_leaves_no_process(digits, tmp_path):
-    with pytest.raises(HelperFailed, match=r"rank 1 \(pid \d+\) was killed by SIGKILL while training"):
+    with pytest.raises(HelperFailed, match=r"rank 1 \(pid \d+\) was killed by SIGKILL while training") as failed:
         run(digits, tmp_path, epochs=3, callbacks=[KillHelper()])
+    assert environment_message(failed.value) == str(failed.value)  # a search re-queues the trial, uncounted
     assert multiprocessing.active_children() == []
     assert not torch.distributed.is_initialized() and "WORLD_SIZE" not in os.environ
 
