@@ -152,3 +152,29 @@ def test_workers_get_gpus_in_groups_of_devices_per_trial(monkeypatch):
     assert supervisor.worker_devices("cuda", 1, per_gpu=2, per_trial=2) == ["cuda:0,cuda:1"] * 2 + ["cuda:2,cuda:3"] * 2
     with pytest.raises(TrainingError, match="devices_per_trial: got 6 but this machine has 5 GPUs"):
         supervisor.worker_devices("auto", 1, per_trial=6)
+
+
+def test_ranks_train_disjoint_slices_of_each_global_batch(digits):
+    whole = [labels for _, labels in digits.loader("train", BATCH * 2, train=True, seed=3)]
+    shards = [list(digits.loader("train", BATCH, train=True, seed=3, shard=(rank, 2))) for rank in (0, 1)]
+    n_train = digits.split_sizes()["train"]
+    assert len(shards[0]) == len(shards[1]) == len(whole) == n_train // (BATCH * 2)
+    for step, labels in enumerate(whole):  # rank 0 the first half of the global batch, rank 1 the second
+        assert torch.equal(torch.cat([shards[0][step][1], shards[1][step][1]]), labels)
+    assert not torch.equal(shards[0][0][0], shards[1][0][0][: len(shards[0][0][0])])  # other images
+    assert len(digits.loader("val", BATCH)) == math.ceil(len(digits.val) / BATCH)  # evaluation: the whole split
+
+
+def test_an_image_folder_shards_training_with_a_distributed_sampler(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(10):
+                Image.new("RGB", (20, 20), (12 * i, 0, 0)).save(tmp_path / split / label / f"{i}.png")
+    data = load_dataset("imagefolder", 16, device=torch.device("cpu"), data_dir=tmp_path, workers=0)
+    samplers = [data.loader("train", 2, train=True, seed=1, shard=(rank, 2)).sampler for rank in (0, 1)]
+    first, second = (set(sampler) for sampler in samplers)
+    assert first.isdisjoint(second) and len(first) == len(second) == data.split_sizes()["train"] // 2
+    assert len(data.loader("val", 2, shard=(1, 2)).dataset) == data.split_sizes()["val"]  # not sharded
