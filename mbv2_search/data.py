@@ -78,11 +78,19 @@ class TensorData:
         )
 
     def loader(
-        self, split: str, batch_size: int, *, train: bool = False, seed: int = 0, channels_last: bool = False
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        train: bool = False,
+        seed: int = 0,
+        channels_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> DeviceBatches:
-        """Iterable of (images, labels) batches for a split, augmented when train is True."""
+        """Iterable of (images, labels) batches for a split, augmented when train is True; with shard
+        (rank, ranks), training batches are this rank's share of global batches of batch_size x ranks."""
         return DeviceBatches(
-            self, getattr(self, split), batch_size, train=train, seed=seed, channels_last=channels_last
+            self, getattr(self, split), batch_size, train=train, seed=seed, channels_last=channels_last, shard=shard
         )
 
 
@@ -90,19 +98,32 @@ class DeviceBatches:
     """Batches cut from on-device tensors: no DataLoader, no per-image Python (as airbench does)."""
 
     def __init__(
-        self, data: TensorData, split: Split, batch_size: int, *, train: bool, seed: int, channels_last: bool
+        self,
+        data: TensorData,
+        split: Split,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int,
+        channels_last: bool,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.data, self.split, self.batch_size, self.train = data, split, batch_size, train
         self.channels_last = channels_last
+        self.rank, self.ranks = shard if train else (0, 1)  # evaluation: every rank sees the whole split
         device = split.images.device
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        # sharded, every rank draws the same order from `generator`, and its own augmentation
+        self.augmentation = self.generator
+        if self.ranks > 1:
+            self.augmentation = torch.Generator(device=device).manual_seed((seed * 7919 + self.rank + 1) % 2**63)
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(data.mean, device=device).view(shape)
         self.std = torch.tensor(data.std, device=device).view(shape)
 
     def __len__(self) -> int:
         # training drops the last partial batch so every step has the same shape (BatchNorm, compile)
-        count = len(self.split) / self.batch_size
+        count = len(self.split) / (self.batch_size * self.ranks)
         return max(1, math.floor(count)) if self.train else math.ceil(count)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -113,7 +134,8 @@ class DeviceBatches:
         else:
             order = torch.arange(n, device=images.device)
         for step in range(len(self)):
-            index = order[step * self.batch_size : (step + 1) * self.batch_size]
+            start = (step * self.ranks + self.rank) * self.batch_size  # this rank's slice of the global batch
+            index = order[start : start + self.batch_size]
             yield self.prepare(images[index]), labels[index]
 
     def prepare(self, batch: torch.Tensor) -> torch.Tensor:
@@ -135,9 +157,9 @@ class DeviceBatches:
         size, device = batch.shape[-1], batch.device
         shift = round(self.data.translate * size)
         if shift:
-            batch = random_translate(batch, shift, generator=self.generator)
+            batch = random_translate(batch, shift, generator=self.augmentation)
         if self.data.flip:
-            flip = torch.rand(len(batch), device=device, generator=self.generator) < 0.5
+            flip = torch.rand(len(batch), device=device, generator=self.augmentation) < 0.5
             batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
         return batch
 

@@ -79,8 +79,18 @@ class FolderData:
             steps=("resize", "scale", "normalize"),
         )
 
-    def loader(self, split: str, batch_size: int, *, train: bool = False, seed: int = 0, channels_last: bool = False):
-        """A DataLoader: RandomResizedCrop + flip for training, resize + 0.875 center crop for evaluation."""
+    def loader(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        train: bool = False,
+        seed: int = 0,
+        channels_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
+    ):
+        """A DataLoader: RandomResizedCrop + flip for training, resize + 0.875 center crop for evaluation; with
+        shard (rank, ranks), training reads this rank's share (a DistributedSampler; Lightning sets its epoch)."""
         from torchvision import transforms
 
         normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
@@ -95,10 +105,17 @@ class FolderData:
             indices = self._held_out[0 if split == "train" else 1]
             dataset = torch.utils.data.Subset(_folder(self.root / "train", transform), indices)
         generator = torch.Generator().manual_seed(seed)
+        rank, ranks = shard
+        sampler = None
+        if train and ranks > 1:
+            sampler = torch.utils.data.DistributedSampler(
+                dataset, num_replicas=ranks, rank=rank, shuffle=True, seed=seed, drop_last=True
+            )
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.workers,
             pin_memory=torch.cuda.is_available(),

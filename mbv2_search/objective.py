@@ -68,11 +68,15 @@ class Evaluator:
     """Turns one Optuna trial into costs, a feasibility verdict and, if feasible, a trained result."""
 
     def __init__(self, ctx: Context, device: str) -> None:
-        from mbv2_search.devices import hardware_name, resolve_device
+        from mbv2_search.devices import hardware_name, rank_devices
 
         self.ctx = ctx
         # resolved once, before any trial: a missing GPU is the environment's fault, not a candidate's
-        self.device = resolve_device(device if device != "auto" else ctx.study.training.device)
+        ranks = rank_devices(
+            device if device != "auto" else ctx.study.training.device, ctx.study.training.devices_per_trial
+        )
+        self.device, self.ranks = ranks[0], len(ranks)  # the first holds the data; train() reaches the others
+        self.trial_device = ",".join(map(str, ranks)) if self.device.type == "cuda" else str(self.device)
         self.hardware = hardware_name(self.device)  # after the worker set its thread count
         self._data: dict[int, Any] = {}
 
@@ -195,7 +199,8 @@ class Evaluator:
             recipe=training.recipe_model(),
             seed=seed,
             run_dir=self.ctx.report_dir / "trials" / f"{trial.number:05d}",
-            device=str(self.device),
+            device=self.trial_device,
+            devices=self.ranks,
             precision=training.precision,
             memory_format=self.memory_format(trial.study, spec),
             cuda_graphs=self.cuda_graphs(trial.study, spec),
@@ -257,8 +262,8 @@ class Evaluator:
         from mbv2_search.graphs import prefers_cuda_graphs
 
         training = self.ctx.study.training
-        if self.device.type != "cuda" or training.cuda_graphs != "auto":
-            return training.cuda_graphs if self.device.type == "cuda" else "off"
+        if self.device.type != "cuda" or training.cuda_graphs != "auto" or self.ranks > 1:  # DDP trains eagerly
+            return training.cuda_graphs if self.device.type == "cuda" and self.ranks == 1 else "off"
         precision = resolve_precision(training.precision, self.device)
         shape = [self.hardware, training.batch_size, precision, spec.resolution, spec.stem_channels]
         shape += [spec.head_channels, [_block_shape(b) for b in spec.blocks]]

@@ -35,10 +35,12 @@ def space_fingerprint(ctx: Context) -> str:
     identity = {
         "space": _space_identity(ctx.arch_file),
         "data": study.data.dataset,
-        "training": study.training.model_dump(exclude={"device", "precision", "cuda_graphs"}),
+        "training": study.training.model_dump(exclude={"device", "precision", "cuda_graphs", "devices_per_trial"}),
         "objectives": study.objectives,
         "constraints": study.constraints,
     }
+    if study.training.devices_per_trial != 1:  # another global batch changes results; unset keeps old studies'
+        identity["training"]["devices_per_trial"] = study.training.devices_per_trial
     if study.data.val_fraction is not None:  # another split changes what val_acc means; unset keeps 0.1's
         identity["val_fraction"] = study.data.val_fraction
     return json.dumps(identity, sort_keys=True)

@@ -48,6 +48,15 @@ class TrainingModel(Strict):
     precision: str = "auto"
     cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay training steps from CUDA graphs (GPUs)
     max_minutes: float | None = Field(None, gt=0)
+    # one candidate on N devices (DDP; CPU: N processes); batch_size stays per device, the lr follows the global batch
+    devices_per_trial: int = Field(1, ge=1, le=64)
+
+    @field_validator("devices_per_trial")
+    @classmethod
+    def _eager_with_ddp(cls, value: int, info: Any) -> int:
+        if value > 1 and info.data.get("cuda_graphs") == "on":  # DDP's gradient hooks do not run in replayed graphs
+            raise ValueError("with cuda_graphs 'on' allowed: 1 (CUDA graphs train on one device)")
+        return value
 
     @field_validator("cuda_graphs", mode="before")
     @classmethod

@@ -52,16 +52,26 @@ def _follow_parent(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def worker_devices(device: str, workers: int, *, per_gpu: int = 1) -> list[str]:
-    """Where there are GPUs: per_gpu workers on each (when per_gpu > 1), else `workers` round robin;
-    without GPUs (or with device 'cpu'), the CPU for all `workers`."""
+def worker_devices(device: str, workers: int, *, per_gpu: int = 1, per_trial: int = 1) -> list[str]:
+    """Where there are GPUs: per_gpu workers on each (when per_gpu > 1), else `workers` round robin; with
+    per_trial N > 1, the GPUs go in groups of N ('cuda:0,1'), GPUs // N of them, and a worker per group
+    (per_gpu on each). Without GPUs (or with device 'cpu'), the CPU for all `workers` (each trial's N
+    processes then split its worker's threads)."""
     import torch
 
     if device in ("auto", "cuda") and torch.cuda.is_available():
         gpus = torch.cuda.device_count()
-        if per_gpu > 1:
-            return [f"cuda:{gpu}" for gpu in range(gpus) for _ in range(per_gpu)]
-        return [f"cuda:{i % gpus}" for i in range(workers)]
+        if per_trial > gpus:
+            from mbv2_search.errors import TrainingError
+
+            raise TrainingError(f"training.devices_per_trial: got {per_trial} but this machine has {gpus} GPUs")
+        groups = [
+            ",".join(f"cuda:{g}" for g in range(start, start + per_trial))
+            for start in range(0, gpus - per_trial + 1, per_trial)
+        ]
+        if per_gpu > 1 or per_trial > 1:
+            return [group for group in groups for _ in range(per_gpu)]
+        return [groups[i % len(groups)] for i in range(workers)]
     return [device if device != "auto" else "cpu"] * workers
 
 
@@ -85,9 +95,14 @@ def start_workers(
 ) -> list[multiprocessing.Process]:
     """Spawn local worker processes that split the CPU cores (or share the GPUs, per_gpu to each)."""
     open_study(ctx)  # create it once, before workers race to
-    devices = worker_devices(ctx.study.training.device, workers, per_gpu=per_gpu)
+    devices = _devices(ctx, workers, per_gpu=per_gpu)
     threads, crowd = _threads(len(devices)), Counter(devices)
     return [start_worker(ctx, d, threads=threads, reports_root=reports_root, packed=_packed(d, crowd)) for d in devices]
+
+
+def _devices(ctx: Context, workers: int, *, per_gpu: int) -> list[str]:
+    training = ctx.study.training
+    return worker_devices(training.device, workers, per_gpu=per_gpu, per_trial=training.devices_per_trial)
 
 
 def _threads(workers: int) -> int:
@@ -125,7 +140,7 @@ def supervise(
     or SIGTERM every worker gets SIGTERM, re-queues its trial and exits; then Interrupted is raised here.
     """
     study = open_study(ctx)
-    devices = worker_devices(ctx.study.training.device, workers, per_gpu=per_gpu)
+    devices = _devices(ctx, workers, per_gpu=per_gpu)
     threads, crowd = _threads(len(devices)), Counter(devices)
 
     def start(device: str) -> multiprocessing.Process:

@@ -251,6 +251,11 @@ BAD_STUDIES = [
     ({"training": {"overrides": {"label_smoothing": 1.5}}}, "training.overrides.label_smoothing: got 1.5"),
     ({"training": {"overrides": {"reference_batch": 0}}}, "training.overrides.reference_batch: got 0"),
     ({"training": {"overrides": {"lr": float("nan")}}}, "training.overrides.lr: got nan"),
+    ({"training": {"devices_per_trial": 0}}, "training.devices_per_trial: got 0"),
+    (
+        {"training": {"cuda_graphs": "on", "devices_per_trial": 2}},
+        "training.devices_per_trial: got 2; with cuda_graphs 'on' allowed: 1",
+    ),
     (
         {
             "sampler": {"name": "grid"},

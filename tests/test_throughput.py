@@ -74,7 +74,7 @@ def test_supervise_backs_off_a_crowded_gpu_down_to_one_worker_alone(tmp_path, mo
         return process
 
     monkeypatch.setattr(supervisor, "start_worker", fake_start)
-    monkeypatch.setattr(supervisor, "worker_devices", lambda device, workers, per_gpu=1: ["cuda:0"] * 3)
+    monkeypatch.setattr(supervisor, "worker_devices", lambda device, workers, per_gpu=1, per_trial=1: ["cuda:0"] * 3)
     notes = []
     failures, stopped = supervisor.supervise(ctx, 3, per_gpu=3, on_note=notes.append)
     assert (failures, stopped) == ([], "")

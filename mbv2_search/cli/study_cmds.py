@@ -35,6 +35,7 @@ def run(study_file: Path, storage: str | None, reports: Path, workers: int | Non
     storage) or a worker, 2 bad input, 3 trials left (timeout), 130 Ctrl-C, 143 SIGTERM; the running
     trials of an interrupted run are run again when you resume.
     """
+    from mbv2_search.errors import TrainingError
     from mbv2_search.search import check_data, finish_line
     from mbv2_search.storage import StudyMismatch, open_study
     from mbv2_search.supervisor import supervise, worker_devices
@@ -47,7 +48,12 @@ def run(study_file: Path, storage: str | None, reports: Path, workers: int | Non
     except StudyMismatch as err:
         raise UserError(str(err)) from None
     workers, per_gpu = workers or ctx.study.workers, workers_per_gpu or ctx.study.workers_per_gpu
-    workers = len(worker_devices(ctx.study.training.device, workers, per_gpu=per_gpu))
+    training = ctx.study.training
+    try:
+        devices = worker_devices(training.device, workers, per_gpu=per_gpu, per_trial=training.devices_per_trial)
+    except TrainingError as err:
+        raise UserError(f"{study_file}: {err}") from None
+    workers = len(devices)
     view = SearchProgress(ctx, study)
     stopped, failures = "", []
     with view.progress, resumable():

@@ -47,7 +47,14 @@ def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
 )
 @val_fraction_option
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Images per step on each device: with --devices N the global batch is N times this, and the recipe's "
+    "learning rate scales with the global batch.",
+)
 @click.option(
     "--recipe",
     "recipe_name",
@@ -64,7 +71,17 @@ def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
     help="Override a recipe field, e.g. --set lr=0.1 --set label_smoothing=0.1.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N, or the GPUs of one run: cuda:2,3."
+)
+@click.option(
+    "--devices",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Train on N devices with DDP: the first N GPUs (or those --device names), or on the CPU N processes that "
+    "split the threads. Each rank evaluates the whole val and test sets.",
+)
 @click.option(
     "--precision",
     default="auto",
@@ -112,6 +129,7 @@ def train(
     overrides: tuple[str, ...],
     seed: int,
     device: str,
+    devices: int,
     precision: str,
     memory_format: str,
     use_compile: bool,
@@ -124,15 +142,20 @@ def train(
     """Train one variant (architecture flags as for `cost`) and report accuracy, time and costs."""
     import time
 
-    from mbv2_search.devices import resolve_device
+    from mbv2_search.devices import rank_devices
     from mbv2_search.errors import TrainingError
     from mbv2_search.interrupts import SignalGuard
     from mbv2_search.train import train as run_training
 
     recipe = _recipe(recipe_name, overrides)
+    try:
+        ranks = rank_devices(device, devices)
+    except TrainingError as err:
+        raise UserError(f"--{err}") from None
     spec, data = data_for(spec, dataset, data_dir=data_dir, device=device, workers=workers, val_fraction=val_fraction)
-    if cuda_graphs == "on" and resolve_device(device).type != "cuda":  # the device was checked by data_for
-        raise UserError(f"--cuda-graphs: got 'on' but --device {device} is not a GPU; allowed there: auto, off")
+    if cuda_graphs == "on" and (ranks[0].type != "cuda" or len(ranks) > 1):
+        where = f"--device {device} is not a GPU" if ranks[0].type != "cuda" else f"--devices is {len(ranks)}"
+        raise UserError(f"--cuda-graphs: got 'on' but {where}; allowed there: auto, off")
     init, layout = _initial_weights(spec, init_path)
     run_dir = run_dir or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     try:
@@ -146,6 +169,7 @@ def train(
                 seed=seed,
                 run_dir=run_dir,
                 device=device,
+                devices=devices,
                 precision=precision,
                 memory_format=memory_format,
                 compile=use_compile,
@@ -182,11 +206,11 @@ def data_for(
     from dataclasses import replace
 
     from mbv2_search.data import DataError, load_dataset
-    from mbv2_search.devices import resolve_device
+    from mbv2_search.devices import rank_devices
     from mbv2_search.errors import TrainingError
 
     try:
-        torch_device = resolve_device(device)
+        torch_device = rank_devices(device)[0]  # the first of a run's GPUs ('cuda:2,3') holds the data
         data = load_dataset(
             dataset, spec.resolution, device=torch_device, data_dir=data_dir, workers=workers, val_fraction=val_fraction
         )
