@@ -9,6 +9,7 @@ import optuna
 
 from mbv2_search import ledger, space
 from mbv2_search.arch import build_spec
+from mbv2_search.cost import fvcore_count
 from mbv2_search.preprocessing import INPUT_NAME, OUTPUT_NAME
 from mbv2_search.search import Context
 from mbv2_search.storage import open_study
@@ -52,9 +53,11 @@ def _why_no_weights(ctx: Context, trial: optuna.trial.FrozenTrial) -> str:
     return f"trial {trial.number} has no weights: it was never trained (state {trial.state.name})"
 
 
-def export_trial(ctx: Context, number: int, *, out_dir: Path | None = None, onnx: bool = False) -> dict[str, str]:
+def export_trial(ctx: Context, number: int, *, out_dir: Path | None = None, onnx: bool = False) -> dict[str, Any]:
     """Write a trial's block table (YAML that cost/arch/train accept), its weights (torchvision layout)
-    and, with onnx, an ONNX model of the trained network (batch dimension dynamic)."""
+    and, with onnx, an ONNX model of the trained network (batch dimension dynamic); returns the paths
+    written and fvcore's count of the network's MAdds (`fvcore_madds`, the independent check of the
+    trial's `madds`)."""
     import torch
     import yaml
 
@@ -78,7 +81,7 @@ def export_trial(ctx: Context, number: int, *, out_dir: Path | None = None, onnx
         "preprocessing": _preprocessing(ctx, knobs.resolution),
     }
     table_path.write_text(yaml.safe_dump(document, sort_keys=False))
-    written = {"table": str(table_path)}
+    written: dict[str, Any] = {"table": str(table_path)}
     checkpoint = _checkpoint(ctx, study, trial)
     if checkpoint is not None:
         weights = from_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=True))
@@ -87,10 +90,11 @@ def export_trial(ctx: Context, number: int, *, out_dir: Path | None = None, onnx
         written["weights"] = str(weights_path)
     if "weights" not in written:
         raise NoWeights(written["table"], _why_no_weights(ctx, _source(study, trial)))
+    spec = build_spec(knobs_from_document(document), ctx.arch_file.to_table())
+    written["fvcore_madds"] = fvcore_count(spec).madds  # counted here, off every trial's path
     if onnx:
         from mbv2_search.model import build_model
 
-        spec = build_spec(knobs_from_document(document), ctx.arch_file.to_table())
         model = build_model(spec).eval()
         model.load_state_dict(torch.load(written["weights"], weights_only=True))
         onnx_path = out_dir / f"trial-{number:05d}.onnx"

@@ -67,6 +67,8 @@ class SafeJournalFile(JournalFileBackend):
     """JournalFileBackend whose appends first cut off a torn tail left by a failed write, and whose
     reader refuses a damaged record instead of replaying around it."""
 
+    _last_read = 0  # the highest record number whose offset is known (max() of the offsets is O(records))
+
     def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
         with open(self._file_path, "rb") as f:
             size = os.fstat(f.fileno()).st_size  # records appended while we read are for the next call
@@ -82,6 +84,7 @@ class SafeJournalFile(JournalFileBackend):
                     raise JournalCorrupt(self._file_path, number + 1, f"{type(err).__name__}: {err}") from None
                 offset += len(line)
                 self._log_number_offset[number + 1] = offset
+                self._last_read = max(self._last_read, number + 1)
                 if number >= log_number_from:
                     yield record
                 number += 1
@@ -99,7 +102,7 @@ class SafeJournalFile(JournalFileBackend):
 
     def _check_unread(self) -> None:
         """Raise JournalCorrupt if a record past what this process has read is damaged (under the lock)."""
-        last_read = max(self._log_number_offset)
+        last_read = self._last_read
         with open(self._file_path, "rb") as f:
             f.seek(self._log_number_offset[last_read])
             for number, line in enumerate(f, start=last_read + 1):

@@ -8,18 +8,22 @@ place that decides it, and the one place that changes trial states behind Optuna
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import os
 import socket
 import time
+from collections import ChainMap
+from collections.abc import Container
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mbv2_search import optuna_private as private
+from mbv2_search.trial_index import TrialIndex, look
 
 EXCLUDED = "excluded"  # user attr on trials that do not count: interrupted, stale, environment, surplus (reason)
 DUPLICATE = "duplicate_of"  # user attr on trials whose candidate an earlier trial evaluated (its number)
@@ -51,21 +55,88 @@ def budget(trials: list[FrozenTrial], below: int | None = None) -> Budget:
     return Budget(len(mine) - running, running, len({candidate_key(t.params) for t in mine}))
 
 
+class _Tally:
+    """The ledger's running totals over finished trials (see trial_index)."""
+
+    def __init__(self) -> None:
+        self.numbers: list[int] = []  # of counted trials, sorted
+        self.first: dict[str, FrozenTrial] = {}  # candidate key -> its earliest counted trial
+        self.retried: set[int] = set()  # numbers that a finished trial is the retry of
+
+    def add(self, trial: FrozenTrial) -> None:
+        if "retry_of" in trial.user_attrs:
+            self.retried.add(trial.user_attrs["retry_of"])
+        if not counted(trial):
+            return
+        bisect.insort(self.numbers, trial.number)
+        key = candidate_key(trial.params)
+        if key not in self.first or trial.number < self.first[key].number:
+            self.first[key] = trial
+
+
+def _tally(index: TrialIndex) -> _Tally:
+    return index.fold(_Tally, _Tally)
+
+
+def _counted_running(index: TrialIndex) -> list[FrozenTrial]:
+    return [t for t in index.running() if counted(t)]
+
+
+def spent(study: optuna.Study) -> Budget:
+    """The study's budget spent so far, as budget() of all its trials, from what changed since the last look."""
+    with look(study) as index:
+        return _spent(index)
+
+
+def _spent(index: TrialIndex) -> Budget:
+    tally, running = _tally(index), _counted_running(index)
+    keys = {candidate_key(t.params) for t in running}
+    unseen = sum(key not in tally.first for key in keys)  # not keys - first.keys(): that copies every key
+    return Budget(len(tally.numbers), len(running), len(tally.first) + unseen)
+
+
+def held_before(study: optuna.Study, number: int) -> int:
+    """Slots of n_trials held by counted trials, finished or running, numbered below `number`."""
+    with look(study) as index:
+        finished = bisect.bisect_left(_tally(index).numbers, number)
+        return finished + sum(t.number < number for t in _counted_running(index))
+
+
+class Seen(NamedTuple):
+    """The candidates of counted trials (finished or running), and how many trials the study has."""
+
+    candidates: Container[str]
+    trials: int
+
+
+def seen(study: optuna.Study) -> Seen:
+    """What a sampler nudge must avoid: every candidate a counted trial evaluated or is evaluating."""
+    with look(study) as index:
+        running = {candidate_key(t.params): t for t in _counted_running(index)}
+        return Seen(ChainMap(running, _tally(index).first), index.size)
+
+
+def outcome(trial: FrozenTrial) -> str:
+    """What a trial came to, as `counts` tallies it."""
+    attrs = trial.user_attrs
+    if DUPLICATE in attrs:
+        return "duplicate"
+    if EXCLUDED in attrs:
+        return "excluded"
+    if trial.state == TrialState.COMPLETE:
+        return "complete" if attrs.get("feasible", True) else "infeasible"
+    name = {TrialState.PRUNED: "pruned", TrialState.FAIL: "failed", TrialState.RUNNING: "running"}
+    return name.get(trial.state, "waiting")
+
+
 def counts(trials: list[FrozenTrial]) -> dict[str, int]:
     """Trials by outcome: counted ones by state (infeasible among complete), duplicates and excluded apart."""
     keys = ("complete", "infeasible", "pruned", "failed", "running", "waiting", "duplicate", "excluded")
     out = dict.fromkeys(keys, 0)
     for t in trials:
-        if DUPLICATE in t.user_attrs:
-            out["duplicate"] += 1
-        elif EXCLUDED in t.user_attrs:
-            out["excluded"] += 1
-        elif t.state == TrialState.COMPLETE:
-            out["complete"] += 1
-            out["infeasible"] += not t.user_attrs.get("feasible", True)
-        else:
-            name = {TrialState.PRUNED: "pruned", TrialState.FAIL: "failed", TrialState.RUNNING: "running"}
-            out[name.get(t.state, "waiting")] += 1
+        kind = outcome(t)
+        out[kind] += 1
+        out["complete"] += kind == "infeasible"  # infeasible trials are complete ones
     return out
 
 
@@ -86,17 +157,27 @@ def earlier_twin(
     """
     deadline, key = time.monotonic() + wait_seconds, candidate_key(params)
     while True:
-        undecided = False
-        for other in study.get_trials(deepcopy=False):
-            if other.number >= number or not counted(other):
-                continue
-            if other.state == TrialState.RUNNING and CANDIDATE not in other.user_attrs:
-                undecided = True
-            elif candidate_key(other.params) == key:
-                return other
-        if not undecided or time.monotonic() > deadline:
-            return None
+        with look(study) as index:
+            twin, undecided = _twin(index, number, key)
+        if twin is not None or not undecided or time.monotonic() > deadline:
+            return twin
         time.sleep(0.02)
+
+
+def _twin(index: TrialIndex, number: int, key: str) -> tuple[FrozenTrial | None, bool]:
+    """The earliest counted trial before `number` with this candidate, and whether an earlier one is
+    still choosing its knobs."""
+    first = _tally(index).first.get(key)
+    twin = first if first is not None and first.number < number else None
+    undecided = False
+    for other in _counted_running(index):
+        if other.number >= number:
+            continue
+        if CANDIDATE not in other.user_attrs:
+            undecided = True
+        elif candidate_key(other.params) == key and (twin is None or other.number < twin.number):
+            twin = other
+    return twin, undecided
 
 
 def worker_id(pid: int | None = None) -> str:
@@ -138,36 +219,58 @@ def requeue(study: optuna.Study, trial_id: int, *, reason: str) -> None:
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another worker got there first
         if EXCLUDED not in trial.user_attrs:
             storage.set_trial_user_attr(trial_id, EXCLUDED, reason)
-        retried = any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False))
+        retried = _retried(study, trial.number)
         if params and not retried:
             study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
+def _retried(study: optuna.Study, number: int) -> bool:
+    """Whether a trial (finished or not) is already the retry of trial `number`."""
+    with look(study) as index:
+        unfinished = (t.user_attrs.get("retry_of") for t in index.open.values())
+        return number in _tally(index).retried or number in unfinished
+
+
 def recover_stale(study: optuna.Study, grace_seconds: float) -> list[int]:
     """Re-queue RUNNING trials whose worker is gone: a dead process on this host, or no heartbeat for a while."""
+    with look(study) as index:
+        stale = _stale(index, grace_seconds)
+    for trial, reason in stale:
+        requeue(study, private.trial_id(trial), reason=reason)
+    return [trial.number for trial, _ in stale]
+
+
+def settle(study: optuna.Study, grace_seconds: float) -> tuple[list[int], Budget]:
+    """recover_stale, then spent: from one look of the study where no trial was stale (the usual case)."""
+    with look(study) as index:
+        if not _stale(index, grace_seconds):
+            return [], _spent(index)
+    return recover_stale(study, grace_seconds), spent(study)
+
+
+def _stale(index: TrialIndex, grace_seconds: float) -> list[tuple[FrozenTrial, str]]:
+    """The RUNNING trials whose worker is gone, each with the reason."""
     now = time.time()
-    recovered = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    stale = []
+    for t in index.running():
         # a trial without a heartbeat yet is still in its sampler, which may take long (GP): more grace
         beat = t.user_attrs.get("heartbeat")
         since = beat or (t.datetime_start.timestamp() if t.datetime_start else now)
         if _worker_gone(t):
-            reason = f"stale: its worker ({t.user_attrs[WORKER]}) is gone"
+            stale.append((t, f"stale: its worker ({t.user_attrs[WORKER]}) is gone"))
         elif now - since > grace_seconds * (1 if beat else SAMPLING_GRACE):
-            reason = "stale: its worker stopped sending heartbeats"
-        else:
-            continue
-        requeue(study, private.trial_id(t), reason=reason)
-        recovered.append(t.number)
-    return recovered
+            stale.append((t, "stale: its worker stopped sending heartbeats"))
+    return stale
 
 
 def requeue_worker(study: optuna.Study, pid: int, *, reason: str) -> list[int]:
     """Re-queue the RUNNING trials of one local worker process (the parent saw it exit)."""
     me = worker_id(pid)
+    with look(study) as index:
+        running = index.running()
     out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in running:
         if t.user_attrs.get(WORKER) == me:
             requeue(study, private.trial_id(t), reason=reason)
             out.append(t.number)
@@ -175,5 +278,5 @@ def requeue_worker(study: optuna.Study, pid: int, *, reason: str) -> list[int]:
 
 
 def set_attrs(study: optuna.Study, trial_id: int, *, attrs: dict[str, Any]) -> None:
-    """Write several user attributes of a trial."""
+    """Write several user attributes of a trial, in one storage write."""
     private.set_trial_attrs(study, trial_id, attrs=attrs)

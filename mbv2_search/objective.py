@@ -169,10 +169,12 @@ class Evaluator:
         data = self._dataset(spec.resolution)
         pruner = self._pruner(trial, measured)
         result = self._fit(trial, spec, data, seed=seed, callbacks=[pruner] if pruner else ())
-        attrs.update(self._trained_attrs(spec, result))
-        ledger.set_attrs(trial.study, private.trial_id(trial), attrs=attrs)
-        if pruner is not None and pruner.stopped_at is not None:
-            trial.set_user_attr("prune_reason", pruner.reason)
+        attrs.update(self._trained_attrs(result))
+        pruned = pruner is not None and pruner.stopped_at is not None
+        if pruned:
+            attrs["prune_reason"] = pruner.reason
+        ledger.set_attrs(trial.study, private.trial_id(trial), attrs=attrs)  # one write: see optuna_private
+        if pruned:
             raise optuna.TrialPruned(pruner.reason)
         return values(self.ctx.study.objectives, val_acc=result.val_acc, measured=measured)
 
@@ -208,11 +210,12 @@ class Evaluator:
             callbacks=callbacks,
         )
 
-    def _trained_attrs(self, spec: ArchSpec, result: Any) -> dict[str, Any]:
-        """What training measured, with paths relative to the report folder and fvcore's independent count."""
-        from mbv2_search.cost import fvcore_count
+    def _trained_attrs(self, result: Any) -> dict[str, Any]:
+        """What training measured, with paths relative to the report folder.
 
-        counted = fvcore_count(spec)  # the independent count, stored beside the analytic one
+        fvcore's independent count is not among them: building and tracing the module took about 0.1 s
+        of every trial; `export` writes it for the trial taken out, `cost --fvcore` for any variant.
+        """
         return {
             "trained": True,
             "val_acc": result.val_acc,
@@ -232,8 +235,6 @@ class Evaluator:
             "run_dir": os.path.relpath(result.run_dir, self.ctx.report_dir),
             "checkpoint": os.path.relpath(result.checkpoint, self.ctx.report_dir) if result.checkpoint else "",
             "val_acc_history": [h.get("val_acc") for h in result.history],
-            "fvcore_madds": counted.madds,
-            "fvcore_by_operator": counted.by_operator,
         }
 
     def memory_format(self, study: optuna.Study, spec: ArchSpec) -> str:

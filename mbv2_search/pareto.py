@@ -38,3 +38,25 @@ def dominance(points: np.ndarray, others: np.ndarray) -> np.ndarray:
 def non_dominated(points: np.ndarray) -> np.ndarray:
     """True for each row that no other row dominates: the Pareto front of a set of minimisation rows."""
     return ~dominance(points, points).any(axis=0)
+
+
+class Front:
+    """The non-dominated points among those added so far, kept as each arrives: what non_dominated
+    would keep of them all (dominance is a strict partial order), at the cost of the front, not of
+    every point."""
+
+    def __init__(self) -> None:
+        self.points: list[np.ndarray] = []
+
+    def add(self, point: np.ndarray) -> None:
+        """Add one minimisation row (as from minimised)."""
+        if self.points:
+            front = np.vstack(self.points)
+            if dominance(front, point[None, :]).any():
+                return
+            beaten = dominance(point[None, :], front)[0]
+            self.points = [p for p, out in zip(self.points, beaten) if not out]
+        self.points.append(point)
+
+    def __len__(self) -> int:
+        return len(self.points)

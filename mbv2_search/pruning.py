@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 
 from mbv2_search.pareto import dominance, minimised
 from mbv2_search.study import PruningModel
+from mbv2_search.trial_index import look
 
 
 def rung_key(epoch: int) -> str:
@@ -30,8 +31,8 @@ def dominators(
     key = rung_key(epoch)
     objectives = ["val_acc", *costs]
     numbers, rows = [], []
-    for peer in study.get_trials(deepcopy=False):
-        if peer.number == trial_number or key not in peer.user_attrs or "excluded" in peer.user_attrs:
+    for peer in _reported(study, key):
+        if peer.number == trial_number or "excluded" in peer.user_attrs:
             continue
         peer_costs = {name: peer.user_attrs.get(name) for name in costs}
         if any(value is None for value in peer_costs.values()):
@@ -48,8 +49,13 @@ def dominators(
 
 def peers_at(study: optuna.Study, *, trial_number: int, epoch: int) -> int:
     """How many other trials reported at this rung."""
-    key = rung_key(epoch)
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.number != trial_number and key in t.user_attrs)
+    return sum(1 for t in _reported(study, rung_key(epoch)) if t.number != trial_number)
+
+
+def _reported(study: optuna.Study, key: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials, finished or not, that reported at a rung (read incrementally: see trial_index)."""
+    with look(study) as index:
+        return index.with_attr(key)
 
 
 class RungPruner(pl.Callback):

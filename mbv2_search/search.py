@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from mbv2_search import ledger, space
 from mbv2_search.config import ArchFile
+from mbv2_search.pareto import Front, minimised
 from mbv2_search.study import OBJECTIVES, StudyFile, load_study
+from mbv2_search.trial_index import look
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -60,26 +63,41 @@ def space_size(ctx: Context) -> int | None:
     return math.prod(len(values) for values in grid.values()) + len(outside)
 
 
+class _Progress:
+    """The progress view's running totals over finished trials (see trial_index)."""
+
+    def __init__(self, objectives: tuple[str, ...]) -> None:
+        self.objectives = objectives
+        self.outcomes: Counter[str] = Counter()
+        self.front = Front()  # what report.analysis.pareto_mask finds among eligible trials
+        self.seconds, self.timed = 0.0, 0  # durations of counted complete trials
+
+    def add(self, trial: FrozenTrial) -> None:
+        attrs = trial.user_attrs
+        self.outcomes[ledger.outcome(trial)] += 1
+        complete = trial.state == TrialState.COMPLETE
+        if complete and trial.datetime_complete and trial.datetime_start and ledger.counted(trial):
+            self.seconds += (trial.datetime_complete - trial.datetime_start).total_seconds()
+            self.timed += 1
+        counts_once = attrs.get(ledger.EXCLUDED) is None and attrs.get(ledger.DUPLICATE) is None
+        if complete and attrs.get("trained") is True and counts_once:  # eligible, as in report.analysis
+            self.front.add(minimised({name: attrs.get(name) for name in self.objectives}, self.objectives)[0])
+
+
 def snapshot(study: optuna.Study, ctx: Context) -> dict[str, Any]:
     """Progress numbers from storage: counts, the running trials' knobs, Pareto size, ETA."""
-    from mbv2_search.report.analysis import front_data, trials_frame
-
-    trials = study.get_trials(deepcopy=False)
-    state = ledger.counts(trials)
-    frame = trials_frame(trials)
-    knobs = space.param_names(ctx.arch_file)
-    front = (
-        len(front_data(ctx.study.name, frame, objectives=ctx.study.objectives, knobs=knobs).front) if len(frame) else 0
-    )
-    durations = [
-        (t.datetime_complete - t.datetime_start).total_seconds()
-        for t in trials
-        if t.state == TrialState.COMPLETE and t.datetime_complete and t.datetime_start and ledger.counted(t)
-    ]
-    done = ledger.budget(trials).done
+    objectives = tuple(ctx.study.objectives)
+    with look(study) as index:
+        totals = index.fold(("progress", objectives), lambda: _Progress(objectives))
+        state = ledger.counts(list(index.open.values()))
+        for kind, n in totals.outcomes.items():
+            state[kind] += n
+            state["complete"] += n if kind == "infeasible" else 0  # infeasible trials are complete ones
+        running = [dict(t.params) for t in index.running() if ledger.counted(t)]
+        front, seconds, timed = len(totals.front), totals.seconds, totals.timed
+    done = ledger.spent(study).done
     remaining = max(0, ctx.study.n_trials - done)
-    mean = sum(durations) / len(durations) if durations else None
-    running = [dict(t.params) for t in trials if t.state == TrialState.RUNNING and ledger.counted(t)]
+    mean = seconds / timed if timed else None
     return {
         "done": done,
         "total": ctx.study.n_trials,

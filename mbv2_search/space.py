@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Container
 from typing import Any
 
 import optuna
@@ -127,7 +128,7 @@ def grid_or_none(arch_file: ArchFile) -> dict[str, list[Any]] | None:
 
 
 def unseen_point(
-    arch_file: ArchFile, seen: set[str], *, rng: random.Random, tries: int = 1000
+    arch_file: ArchFile, seen: Container[str], *, rng: random.Random, tries: int = 1000
 ) -> dict[str, Any] | None:
     """A random point of a finite space whose candidate key is not in `seen` (None if none was found)."""
     from mbv2_search.ledger import candidate_key

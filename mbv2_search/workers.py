@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from mbv2_search import ledger, space
+from mbv2_search import ledger, space, trial_index
 from mbv2_search import optuna_private as private
 from mbv2_search.interrupts import Interrupted, SignalGuard
 from mbv2_search.knobs import ArchError
@@ -29,8 +29,9 @@ class Heartbeat:
     def __init__(self, trial: optuna.Trial, seconds: float) -> None:
         self.trial, self.seconds = trial, seconds
         self.stop_event = threading.Event()
-        trial.set_user_attr(ledger.WORKER, ledger.worker_id())
-        trial.set_user_attr("heartbeat", time.time())
+        ledger.set_attrs(
+            trial.study, private.trial_id(trial), attrs={ledger.WORKER: ledger.worker_id(), "heartbeat": time.time()}
+        )
         self.thread = threading.Thread(target=self._beat, daemon=True)
         self.thread.start()
 
@@ -135,10 +136,11 @@ def run_trial(
     report.streak = 0
 
 
-def _nudge(ctx: Context, study: optuna.Study, number: int) -> None:
-    """After repeated duplicates, queue a candidate nobody has evaluated (finite spaces; seeded by trial number)."""
-    seen = {ledger.candidate_key(t.params) for t in study.get_trials(deepcopy=False) if ledger.counted(t)}
-    point = space.unseen_point(ctx.arch_file, seen, rng=random.Random(f"{ctx.study.sampler.seed}-{number}"))
+def _nudge(ctx: Context, study: optuna.Study) -> None:
+    """After repeated duplicates, queue a candidate nobody has evaluated (finite spaces; seeded by the next trial number)."""
+    seen = ledger.seen(study)
+    rng = random.Random(f"{ctx.study.sampler.seed}-{seen.trials}")
+    point = space.unseen_point(ctx.arch_file, seen.candidates, rng=rng)
     if point is not None:
         study.enqueue_trial(point, user_attrs={"queued_after_duplicates": True})
 
@@ -184,11 +186,10 @@ def work(
                 report.stopped = "" if step == "done" else step
                 break
             if size is not None and report.streak >= 2 and ctx.study.sampler.name != "grid":
-                _nudge(ctx, study, len(study.get_trials(deepcopy=False)))
+                _nudge(ctx, study)
             guard.check()
-            trial = study.ask()
-            earlier = ledger.budget(study.get_trials(deepcopy=False), below=trial.number)
-            if earlier.done + earlier.running >= n_trials:
+            trial = trial_index.ask(study)  # Optuna's ask scans every trial for the queue
+            if ledger.held_before(study, trial.number) >= n_trials:
                 # other workers took the last slots between our count and our ask: give this one back
                 ledger.requeue(
                     study, private.trial_id(trial), reason="surplus: earlier trials hold every slot of n_trials"
@@ -217,8 +218,8 @@ def _next_step(
         return "stop"
     if deadline is not None and time.time() >= deadline:
         return "timeout"
-    report.recovered += len(ledger.recover_stale(study, 3 * ctx.study.heartbeat_seconds))
-    spent = ledger.budget(study.get_trials(deepcopy=False))
+    recovered, spent = ledger.settle(study, 3 * ctx.study.heartbeat_seconds)
+    report.recovered += len(recovered)
     if spent.done >= ctx.study.n_trials:
         return "done"
     exhausted = size is not None and spent.candidates >= size

@@ -3,7 +3,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from mbv2_search.pareto import dominance, minimised, non_dominated
+from mbv2_search.pareto import Front, dominance, minimised, non_dominated
 
 OBJECTIVES = ["val_acc", "madds", "params"]
 
@@ -33,3 +33,14 @@ def test_dominance_matches_the_definition_on_ties_and_random_points():
 def test_accuracy_becomes_error_and_costs_stay_as_they_are():
     row = minimised({"val_acc": 0.75, "madds": 300, "params": 7}, OBJECTIVES)
     assert row.tolist() == [[0.25, 300.0, 7.0]]
+
+
+def test_a_front_kept_point_by_point_is_the_front_of_all_points():
+    rng = random.Random(1)
+    values = {"val_acc": [0.1, 0.5, 0.9, float("nan")], "madds": [10, 20, 30], "params": [1, 2]}  # ties and NaN
+    for _ in range(20):
+        rows = minimised({k: [rng.choice(v) for _ in range(30)] for k, v in values.items()}, OBJECTIVES)
+        front = Front()
+        for count, row in enumerate(rows, start=1):
+            front.add(row)
+            assert len(front) == int(non_dominated(rows[:count]).sum())
