@@ -4,7 +4,12 @@ baseline (CPU tensors through a DataLoader, fp32, default memory format, default
 Runs on digits and on CIFAR-shaped random tensors (50,000 x 3 x 32 x 32, 10 classes) at 32 px with
 the CIFAR strides. Prints images/second (median over epochs after the first) and the ratio.
 
+With --candidates: distinct candidates per hour of a real search (`mbv2-search run`, random sampler,
+widths 0.35-1.0, 5 epochs of CIFAR-shaped random data written in the CIFAR-10 python format) for K
+workers per GPU, eager vs CUDA graphs; the ratio is against one eager worker, measured in the same run.
+
 Usage: python benchmarks/bench_gpu.py [--device cuda] [--epochs 4] [--images 50000]
+       python benchmarks/bench_gpu.py --candidates [--workers-per-gpu 1,2,4,8] [--epochs 5]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from mbv2_search.knobs import Knobs
 from mbv2_search.model import build_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_candidates  # noqa: E402
 import bench_train  # noqa: E402
 from bench_train import plain  # noqa: E402
 
@@ -132,7 +138,17 @@ def main() -> None:
     parser.add_argument(
         "--formats", action="store_true", help="Then the plain loop in fp32/bf16 x contiguous/channels_last"
     )
+    parser.add_argument("--candidates", action="store_true", help="Distinct candidates per hour of a search instead")
+    parser.add_argument("--workers-per-gpu", default="1,2,4,8", help="K values for --candidates")
     args = parser.parse_args()
+    if args.candidates:
+        bench_candidates.main(
+            [int(k) for k in args.workers_per_gpu.split(",")],
+            epochs=args.epochs,
+            images=args.images,
+            device=args.device,
+        )
+        return
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}; batch {BATCH}; {args.epochs} epochs (first is warm-up)")

@@ -29,7 +29,8 @@ from mbv2_search import ledger  # noqa: E402
 from mbv2_search.devices import hardware_name  # noqa: E402
 from mbv2_search.search import load_context  # noqa: E402
 from mbv2_search.storage import open_study  # noqa: E402
-from mbv2_search.workers import supervise, work  # noqa: E402
+from mbv2_search.supervisor import supervise  # noqa: E402
+from mbv2_search.workers import work  # noqa: E402
 
 
 def study_copy(folder: Path, name: str, trials: int) -> Path:

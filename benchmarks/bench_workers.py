@@ -48,7 +48,12 @@ from mbv2_search.objective import candidate_attrs  # noqa: E402
 from mbv2_search.optuna_private import trial_id  # noqa: E402
 from mbv2_search.search import load_context  # noqa: E402
 from mbv2_search.storage import make_storage, open_study  # noqa: E402
-from mbv2_search.workers import start_workers, work  # noqa: E402
+from mbv2_search.workers import work  # noqa: E402
+
+try:
+    from mbv2_search.supervisor import start_workers
+except ImportError:  # 0.2, for a before/after run on it
+    from mbv2_search.workers import start_workers  # type: ignore[attr-defined, no-redef]
 
 TABLE = yaml.safe_load((ROOT / "search_spaces" / "per_stage.yaml").read_text())["table"]  # MobileNetV2's
 BIG = {  # 24 widths x 25 resolutions x 4 depths x 4 expansions x 3 kernels x 3 = 86,400 candidates

@@ -11,8 +11,9 @@ import torch
 class TrainingClock(pl.Callback):
     """Training-step time per epoch (until validation starts), evaluation time, and per-epoch metrics."""
 
-    def __init__(self, cuda: bool) -> None:
+    def __init__(self, cuda: bool, *, ranks: int = 1) -> None:
         self.cuda, self.seconds, self.images, self.history = cuda, 0.0, 0, []
+        self.ranks = ranks  # with DDP every rank trains a batch this size per step: images count for all
         self._start: float | None = None
         self._epoch_seconds, self._epoch_images = 0.0, 0
         self.eval_seconds, self._eval_start = 0.0, 0.0
@@ -26,7 +27,7 @@ class TrainingClock(pl.Callback):
         self._start, self._epoch_images = self._now(), self.images
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.images += len(batch[1])
+        self.images += len(batch[1]) * self.ranks
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         now = self._now()

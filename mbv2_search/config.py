@@ -108,6 +108,7 @@ class ArchFile(Strict):
     table: TableModel = DEFAULT_TABLE
     knobs: KnobsModel = KnobsModel()
     vary: dict[str, Range] = Field(default_factory=dict)
+    preprocessing: dict[str, Any] | None = None  # written by export for feeding the model; read by nothing here
 
     @model_validator(mode="after")
     def _convention_table(self) -> ArchFile:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mbv2_search.datasets import DATASETS, Dataset
+from mbv2_search.datasets import DATASETS, VAL_FRACTION, Dataset
 from mbv2_search.errors import DataError
 from mbv2_search.imagefolder import (
     FULL_CHECK,
@@ -27,6 +27,7 @@ from mbv2_search.imagefolder import (
     readable,
     root_of,
 )
+from mbv2_search.preprocessing import INTERPOLATION, record
 
 
 @dataclass
@@ -54,17 +55,42 @@ class TensorData:
     resolution: int
     flip: bool  # horizontal flips are label-preserving (not for digits)
     translate: float  # random translation, as a fraction of the side
+    pixel_max: float = 255.0  # raw pixel values divided by it: 0..1
+    antialias: bool = True  # resizing filters first when it shrinks
+    # resizing is linear and its weights sum to 1, so it commutes with normalising; recorded in one order
+    steps: tuple[str, ...] = ("scale", "resize", "normalize", "grey_to_rgb")
 
     def split_sizes(self) -> dict[str, int]:
         """Images in each split."""
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
+    def preprocessing(self) -> dict[str, object]:
+        """How an image becomes this data's model input (preprocessing.record), from the values used here."""
+        return record(
+            resolution=self.resolution,
+            shorter_side=self.resolution,
+            antialias=self.antialias,
+            pixel_max=self.pixel_max,
+            mean=self.mean,
+            std=self.std,
+            grey_to_rgb=self.train.images.shape[1] == 1,
+            steps=self.steps if self.train.images.shape[1] == 1 else self.steps[:-1],
+        )
+
     def loader(
-        self, split: str, batch_size: int, *, train: bool = False, seed: int = 0, channels_last: bool = False
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        train: bool = False,
+        seed: int = 0,
+        channels_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> DeviceBatches:
-        """Iterable of (images, labels) batches for a split, augmented when train is True."""
+        """Iterable of (images, labels) batches for a split, augmented when train is True; with shard
+        (rank, ranks), training batches are this rank's share of global batches of batch_size x ranks."""
         return DeviceBatches(
-            self, getattr(self, split), batch_size, train=train, seed=seed, channels_last=channels_last
+            self, getattr(self, split), batch_size, train=train, seed=seed, channels_last=channels_last, shard=shard
         )
 
 
@@ -72,19 +98,32 @@ class DeviceBatches:
     """Batches cut from on-device tensors: no DataLoader, no per-image Python (as airbench does)."""
 
     def __init__(
-        self, data: TensorData, split: Split, batch_size: int, *, train: bool, seed: int, channels_last: bool
+        self,
+        data: TensorData,
+        split: Split,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int,
+        channels_last: bool,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.data, self.split, self.batch_size, self.train = data, split, batch_size, train
         self.channels_last = channels_last
+        self.rank, self.ranks = shard if train else (0, 1)  # evaluation: every rank sees the whole split
         device = split.images.device
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        # sharded, every rank draws the same order from `generator`, and its own augmentation
+        self.augmentation = self.generator
+        if self.ranks > 1:
+            self.augmentation = torch.Generator(device=device).manual_seed((seed * 7919 + self.rank + 1) % 2**63)
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(data.mean, device=device).view(shape)
         self.std = torch.tensor(data.std, device=device).view(shape)
 
     def __len__(self) -> int:
         # training drops the last partial batch so every step has the same shape (BatchNorm, compile)
-        count = len(self.split) / self.batch_size
+        count = len(self.split) / (self.batch_size * self.ranks)
         return max(1, math.floor(count)) if self.train else math.ceil(count)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -95,16 +134,17 @@ class DeviceBatches:
         else:
             order = torch.arange(n, device=images.device)
         for step in range(len(self)):
-            index = order[step * self.batch_size : (step + 1) * self.batch_size]
+            start = (step * self.ranks + self.rank) * self.batch_size  # this rank's slice of the global batch
+            index = order[start : start + self.batch_size]
             yield self.prepare(images[index]), labels[index]
 
     def prepare(self, batch: torch.Tensor) -> torch.Tensor:
         """To float, normalized, at the candidate's resolution, augmented when training."""
-        batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
+        batch = batch.float() / self.data.pixel_max if batch.dtype == torch.uint8 else batch.float()
         batch = (batch - self.mean) / self.std
         if batch.shape[-1] != self.data.resolution:
             batch = F.interpolate(
-                batch, size=self.data.resolution, mode="bilinear", antialias=True, align_corners=False
+                batch, size=self.data.resolution, mode=INTERPOLATION, antialias=self.data.antialias, align_corners=False
             )
         if self.train:
             batch = self._augment(batch)
@@ -117,9 +157,9 @@ class DeviceBatches:
         size, device = batch.shape[-1], batch.device
         shift = round(self.data.translate * size)
         if shift:
-            batch = random_translate(batch, shift, generator=self.generator)
+            batch = random_translate(batch, shift, generator=self.augmentation)
         if self.data.flip:
-            flip = torch.rand(len(batch), device=device, generator=self.generator) < 0.5
+            flip = torch.rand(len(batch), device=device, generator=self.augmentation) < 0.5
             batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
         return batch
 
@@ -136,10 +176,24 @@ def random_translate(batch: torch.Tensor, shift: int, *, generator: torch.Genera
     return padded.permute(0, 2, 3, 1)[images, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def _split_indices(n: int, fractions: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _split_indices(
+    n: int, *, val: float, test: float, val_fraction: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded train/val/test indices: val and test shares of n, or val_fraction of the images outside test.
+
+    The test images stay the same whatever val_fraction is, and val_fraction=None gives the fixed split.
+    """
     order = np.random.default_rng(SPLIT_SEED).permutation(n)
-    n_val, n_test = round(n * fractions[0]), round(n * fractions[1])
-    return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
+    n_val, n_test = round(n * val), round(n * test)
+    test_index = order[n_val : n_val + n_test]
+    pool = np.concatenate([order[:n_val], order[n_val + n_test :]])  # ordered so that None keeps n_val first
+    if val_fraction is not None:
+        n_val = min(max(1, round(len(pool) * val_fraction)), len(pool) - 1)  # never an empty split
+    return pool[n_val:], pool[:n_val], test_index
+
+
+DIGITS_MAX = 16.0  # scikit-learn's digits count 0..16 dark cells of a 4x4 block per pixel
+DIGITS_ANTIALIAS = False  # plain bilinear, as 0.1.0 resized; enlarging from 8 px, antialiasing changes nothing
 
 
 @functools.cache
@@ -151,19 +205,34 @@ def _digits_source() -> tuple[np.ndarray, np.ndarray]:
     return bunch.images, bunch.target
 
 
-def load_digits(resolution: int, device: torch.device) -> TensorData:
-    """scikit-learn's bundled 8x8 digits (1,797 images), split 70/15/15, resized once to the resolution."""
+def load_digits(resolution: int, device: torch.device, *, val_fraction: float | None = None) -> TensorData:
+    """scikit-learn's bundled 8x8 digits (1,797 images), split 70/15/15 (or val_fraction of the 85% outside
+    the test set), resized once to the resolution."""
     source_images, source_labels = _digits_source()
-    images = torch.tensor(source_images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = F.interpolate(images, size=resolution, mode="bilinear", align_corners=False)
+    images = torch.tensor(source_images, dtype=torch.float32).unsqueeze(1) / DIGITS_MAX
+    images = F.interpolate(images, size=resolution, mode=INTERPOLATION, antialias=DIGITS_ANTIALIAS, align_corners=False)
     labels = torch.tensor(source_labels, dtype=torch.long)
     train, val, test = (
-        Split(images[i].to(device), labels[i].to(device)) for i in _split_indices(len(labels), (0.15, 0.15))
+        Split(images[i].to(device), labels[i].to(device))
+        for i in _split_indices(len(labels), val=0.15, test=0.15, val_fraction=val_fraction)
     )
     mean, std = train.images.mean().item(), train.images.std().item()
     # 1/16 of the side is half an original pixel: a 1/8 shift (a whole 8x8 pixel) slowed short runs
     # from 97% to 95% validation accuracy after 10 epochs (width 0.35 at 32 px, measured)
-    return TensorData("digits", train, val, test, 10, (mean,), (std,), resolution, flip=False, translate=1 / 16)
+    return TensorData(
+        "digits",
+        train,
+        val,
+        test,
+        10,
+        (mean,),
+        (std,),
+        resolution,
+        flip=False,
+        translate=1 / 16,
+        pixel_max=DIGITS_MAX,
+        antialias=DIGITS_ANTIALIAS,
+    )
 
 
 _CIFAR = {
@@ -189,7 +258,12 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
 
 
 def load_cifar(
-    name: str, data_dir: str | Path | None, *, resolution: int, device: torch.device, val_fraction: float = 0.1
+    name: str,
+    data_dir: str | Path | None,
+    *,
+    resolution: int,
+    device: torch.device,
+    val_fraction: float | None = None,
 ) -> TensorData:
     """CIFAR-10/100 from a local folder in the standard python format (torchvision's layout)."""
     folder_name, train_files, test_file, label_key = _CIFAR[name]
@@ -209,7 +283,7 @@ def load_cifar(
     test_images, test_labels = _read_cifar_batch(folder / test_file, label_key)
     if labels.min() < 0 or labels.max() >= classes:
         raise DataError(f"{folder}: labels outside 0..{classes - 1}")
-    train_index, val_index, _ = _split_indices(len(labels), (val_fraction, 0.0))
+    train_index, val_index, _ = _split_indices(len(labels), val=VAL_FRACTION, test=0.0, val_fraction=val_fraction)
 
     def split(x: np.ndarray, y: np.ndarray) -> Split:
         return Split(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
@@ -242,7 +316,13 @@ def check_source(name: str, data_dir: str | Path | None) -> None:
 
 
 def load_dataset(
-    name: str, resolution: int, *, device: torch.device, data_dir: str | Path | None = None, workers: int = 4
+    name: str,
+    resolution: int,
+    *,
+    device: torch.device,
+    data_dir: str | Path | None = None,
+    workers: int = 4,
+    val_fraction: float | None = None,
 ) -> TensorData | FolderData:
     """Load a dataset by name for a candidate's resolution.
 
@@ -252,20 +332,29 @@ def load_dataset(
         device: where in-memory datasets live (the training device).
         data_dir: the local folder for cifar10/cifar100/imagefolder.
         workers: DataLoader worker processes for imagefolder.
+        val_fraction: the share of the images outside the test set that validates; None: the dataset's
+            own (datasets.DATASETS[name].validation).
     """
     if name not in DATASETS:
         raise DataError(f"dataset: got {name!r}; allowed: {', '.join(DATASETS)}")
-    return globals()[f"_{DATASETS[name].loader}"](DATASETS[name], data_dir, resolution, device, workers)
+    dataset = DATASETS[name]
+    return globals()[f"_{dataset.loader}"](dataset, data_dir, resolution, device, workers, val_fraction)
 
 
-# The registry's loaders under one signature: (dataset, data_dir, resolution, device, workers).
-def _load_digits(dataset: Dataset, data_dir: object, resolution: int, device: torch.device, workers: int) -> TensorData:
-    return load_digits(resolution, device)
+# The registry's loaders under one signature: (dataset, data_dir, resolution, device, workers, val_fraction).
+def _load_digits(
+    dataset: Dataset, data_dir: object, resolution: int, device: torch.device, workers: int, val_fraction: float | None
+) -> TensorData:
+    return load_digits(resolution, device, val_fraction=val_fraction)
 
 
-def _load_cifar(dataset: Dataset, data_dir: object, resolution: int, device: torch.device, workers: int) -> TensorData:
-    return load_cifar(dataset.name, data_dir, resolution=resolution, device=device)
+def _load_cifar(
+    dataset: Dataset, data_dir: object, resolution: int, device: torch.device, workers: int, val_fraction: float | None
+) -> TensorData:
+    return load_cifar(dataset.name, data_dir, resolution=resolution, device=device, val_fraction=val_fraction)
 
 
-def _load_imagefolder(dataset: Dataset, data_dir: object, resolution: int, device: object, workers: int) -> FolderData:
-    return load_imagefolder(data_dir, resolution, workers=workers)
+def _load_imagefolder(
+    dataset: Dataset, data_dir: object, resolution: int, device: object, workers: int, val_fraction: float | None
+) -> FolderData:
+    return load_imagefolder(data_dir, resolution, workers=workers, val_fraction=val_fraction)

@@ -106,3 +106,23 @@ def _probe_channels_last(spec: ArchSpec, batch_size: int) -> bool:
             seconds.append(time.perf_counter() - start)
         timings[channels_last] = min(seconds[1:])  # the first run is warm-up
     return timings[True] < timings[False]
+
+
+def rank_devices(device: str, count: int = 1) -> list[torch.device]:
+    """The devices of one training run: 'cpu' count times (processes), 'cuda' the first count GPUs, or the
+    GPUs named ('cuda:2,3'); count 1 is one device, as resolve_device says."""
+    if count < 1:
+        raise TrainingError(f"devices: got {count}; allowed: 1 or more")
+    if "," in device:
+        names = [f"cuda:{index.strip().removeprefix('cuda:')}" for index in device.split(",")]
+        if count not in (1, len(names)) or len(set(names)) != len(names):
+            raise TrainingError(f"devices: got {count} with device {device!r}; name each GPU once, as many as devices")
+        return [resolve_device(name) for name in names]
+    resolved = resolve_device(device)
+    if count == 1 or resolved.type == "cpu":
+        return [resolved] * count
+    if resolved.index is not None:
+        raise TrainingError(f"devices: got {count} with device {device!r}; name the GPUs ('cuda:0,1') or use 'cuda'")
+    if count > torch.cuda.device_count():
+        raise TrainingError(f"devices: got {count} but this machine has {torch.cuda.device_count()} GPUs")
+    return [torch.device(f"cuda:{index}") for index in range(count)]

@@ -16,6 +16,11 @@ class TrainingError(RuntimeError):
     """Training could not finish; the message says why and where."""
 
 
+class HelperFailed(TrainingError):
+    """A helper process of a run on several devices failed or died: the environment's failure (a killed
+    process, a lost device), not the candidate's, so its trial runs again and is not counted."""
+
+
 def mask_url(url: str) -> str:
     """A storage URL with any password replaced by ***."""
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
@@ -37,6 +42,8 @@ def environment_message(err: BaseException) -> str | None:
         # raised in a DataLoader worker, it comes back with that worker's traceback: keep its last line
         text = str(err).strip()
         return text.splitlines()[-1].removeprefix(f"{DataError.__module__}.DataError: ") if "\n" in text else text
+    if isinstance(err, HelperFailed):
+        return str(err)
     if isinstance(err, OSError):  # disk full, a file where a folder should be, an unreadable image
         return f"cannot write or read {err.filename or 'a file'}: {err.strerror or err}"
     if _storage_error(err):

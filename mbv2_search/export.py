@@ -10,6 +10,7 @@ import optuna
 from mbv2_search import ledger, space
 from mbv2_search.arch import build_spec
 from mbv2_search.cost import fvcore_count
+from mbv2_search.preprocessing import INPUT_NAME, OUTPUT_NAME
 from mbv2_search.search import Context
 from mbv2_search.storage import open_study
 from mbv2_search.weights import from_checkpoint
@@ -77,6 +78,7 @@ def export_trial(ctx: Context, number: int, *, out_dir: Path | None = None, onnx
         "description": f"exported from study {ctx.study.name}, trial {number}",
         "table": ctx.arch_file.table.model_dump(),
         "knobs": {k: v for k, v in knobs_dict.items() if v is not None},
+        "preprocessing": _preprocessing(ctx, knobs.resolution),
     }
     table_path.write_text(yaml.safe_dump(document, sort_keys=False))
     written: dict[str, Any] = {"table": str(table_path)}
@@ -101,6 +103,25 @@ def export_trial(ctx: Context, number: int, *, out_dir: Path | None = None, onnx
     return written
 
 
+def _preprocessing(ctx: Context, resolution: int) -> dict[str, Any]:
+    """How the study's data became the model's input at this resolution, from the loader's own values
+    (digits' mean and std are measured on its training split)."""
+    import torch
+
+    from mbv2_search.data import load_dataset
+
+    config = ctx.study.data
+    data = load_dataset(
+        config.dataset,
+        resolution,
+        device=torch.device("cpu"),
+        data_dir=config.dir,
+        workers=0,
+        val_fraction=config.val_fraction,
+    )
+    return data.preprocessing()
+
+
 def knobs_from_document(document: dict[str, Any]) -> Any:
     """Knobs from an exported block-table document."""
     from mbv2_search.config import KnobsModel
@@ -121,8 +142,8 @@ def export_onnx(model: Any, resolution: int, *, path: Path) -> None:
             model,
             (example,),
             str(path),
-            input_names=["images"],
-            output_names=["logits"],
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
             dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
             dynamo=True,
             external_data=False,

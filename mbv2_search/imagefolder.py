@@ -9,16 +9,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mbv2_search.datasets import VAL_FRACTION
 from mbv2_search.errors import DataError
+from mbv2_search.preprocessing import record
 
 SPLIT_SEED = 0  # fixed, so every trial of a study sees the same train/val/test split (every dataset)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's ImageNet statistics
+CROP_SHARE = 0.875  # evaluation resizes to resolution / 0.875 and centre-crops: 224 of 256, TF-Slim's central fraction
 
 
 @dataclass
 class FolderData:
     """An image folder read by DataLoader worker processes: train/ and val/ (or test/) of class folders.
 
-    Validation is a seeded, stratified hold-out of train/ (VAL_FRACTION of each class), so the images
+    Validation is a seeded, stratified hold-out of train/ (val_fraction of each class), so the images
     that choose checkpoints and candidates are never the ones reported: test/ is the test set where it
     exists, else val/ (what the paper reports on ImageNet).
     """
@@ -28,6 +32,7 @@ class FolderData:
     num_classes: int
     resolution: int
     workers: int
+    val_fraction: float = VAL_FRACTION
 
     @property
     def test_folder(self) -> str:
@@ -36,7 +41,7 @@ class FolderData:
 
     @functools.cached_property
     def _held_out(self) -> tuple[list[int], list[int]]:
-        """Indices into train/ for training and for validation: VAL_FRACTION of every class, seeded."""
+        """Indices into train/ for training and for validation: val_fraction of every class, seeded."""
         by_class: dict[int, list[int]] = {}
         for index, label in enumerate(_folder(self.root / "train").targets):
             by_class.setdefault(label, []).append(index)
@@ -44,8 +49,8 @@ class FolderData:
         train, val = [], []
         for label in sorted(by_class):
             indices = rng.permutation(by_class[label]).tolist()
-            count = round(len(indices) * VAL_FRACTION) if len(indices) > 1 else 0
-            count = max(count, 1) if len(indices) > 1 else 0  # every class is validated where it can be
+            # every class validates and trains where it has two images
+            count = min(max(round(len(indices) * self.val_fraction), 1), len(indices) - 1)
             val += indices[:count]
             train += indices[count:]
         return sorted(train), sorted(val)
@@ -55,15 +60,44 @@ class FolderData:
         train, val = self._held_out
         return {"train": len(train), "val": len(val), "test": len(_folder(self.root / self.test_folder))}
 
-    def loader(self, split: str, batch_size: int, *, train: bool = False, seed: int = 0, channels_last: bool = False):
-        """A DataLoader: RandomResizedCrop + flip for training, resize + 0.875 center crop for evaluation."""
+    @property
+    def shorter_side(self) -> int:
+        """The side an evaluated image's shorter side is resized to, before the centre crop."""
+        return round(self.resolution / CROP_SHARE)
+
+    def preprocessing(self) -> dict[str, object]:
+        """How an image becomes the evaluated model input (preprocessing.record): torchvision's Resize on
+        the 8-bit RGB image (PIL's antialiased bilinear), centre crop, then to 0..1 and normalised."""
+        return record(
+            resolution=self.resolution,
+            shorter_side=self.shorter_side,
+            antialias=True,
+            pixel_max=255.0,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            grey_to_rgb=False,  # files are read as RGB (PIL convert): grey ones have 3 equal channels already
+            steps=("resize", "scale", "normalize"),
+        )
+
+    def loader(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        train: bool = False,
+        seed: int = 0,
+        channels_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
+    ):
+        """A DataLoader: RandomResizedCrop + flip for training, resize + 0.875 center crop for evaluation; with
+        shard (rank, ranks), training reads this rank's share (a DistributedSampler; Lightning sets its epoch)."""
         from torchvision import transforms
 
-        normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
         if train:
             steps = [transforms.RandomResizedCrop(self.resolution), transforms.RandomHorizontalFlip()]
         else:
-            steps = [transforms.Resize(round(self.resolution / 0.875)), transforms.CenterCrop(self.resolution)]
+            steps = [transforms.Resize(self.shorter_side), transforms.CenterCrop(self.resolution)]
         transform = transforms.Compose([*steps, transforms.ToTensor(), normalize])
         if split == "test":
             dataset = _folder(self.root / self.test_folder, transform)
@@ -71,21 +105,23 @@ class FolderData:
             indices = self._held_out[0 if split == "train" else 1]
             dataset = torch.utils.data.Subset(_folder(self.root / "train", transform), indices)
         generator = torch.Generator().manual_seed(seed)
+        rank, ranks = shard
+        sampler = None
+        if train and ranks > 1:
+            sampler = torch.utils.data.DistributedSampler(
+                dataset, num_replicas=ranks, rank=rank, shuffle=True, seed=seed, drop_last=True
+            )
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.workers > 0,
             generator=generator,
         )
-
-
-# A tenth of each class of train/ validates: enough images to rank candidates on a small folder, while
-# the reported test set (val/ or test/) stays untouched by every choice.
-VAL_FRACTION = 0.1
 
 
 def _folder(path: Path, transform: object = None) -> object:
@@ -166,7 +202,10 @@ def root_of(data_dir: str | Path | None) -> Path:
     return Path(data_dir)
 
 
-def load_imagefolder(data_dir: str | Path | None, resolution: int, *, workers: int) -> FolderData:
-    """Check an image folder's layout; the val/ split serves as both validation and test."""
+def load_imagefolder(
+    data_dir: str | Path | None, resolution: int, *, workers: int, val_fraction: float | None = None
+) -> FolderData:
+    """Check an image folder's layout: validation is held out of train/, test/ (or val/) is the test set."""
     root = root_of(data_dir)
-    return FolderData("imagefolder", root, len(imagefolder_classes(root)["train"]), resolution, workers)
+    classes = len(imagefolder_classes(root)["train"])
+    return FolderData("imagefolder", root, classes, resolution, workers, val_fraction or VAL_FRACTION)

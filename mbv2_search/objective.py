@@ -68,11 +68,15 @@ class Evaluator:
     """Turns one Optuna trial into costs, a feasibility verdict and, if feasible, a trained result."""
 
     def __init__(self, ctx: Context, device: str) -> None:
-        from mbv2_search.devices import hardware_name, resolve_device
+        from mbv2_search.devices import hardware_name, rank_devices
 
         self.ctx = ctx
         # resolved once, before any trial: a missing GPU is the environment's fault, not a candidate's
-        self.device = resolve_device(device if device != "auto" else ctx.study.training.device)
+        ranks = rank_devices(
+            device if device != "auto" else ctx.study.training.device, ctx.study.training.devices_per_trial
+        )
+        self.device, self.ranks = ranks[0], len(ranks)  # the first holds the data; train() reaches the others
+        self.trial_device = ",".join(map(str, ranks)) if self.device.type == "cuda" else str(self.device)
         self.hardware = hardware_name(self.device)  # after the worker set its thread count
         self._data: dict[int, Any] = {}
 
@@ -94,7 +98,12 @@ class Evaluator:
             config = self.ctx.study.data
             self._data = {
                 resolution: load_dataset(
-                    config.dataset, resolution, device=self.device, data_dir=config.dir, workers=config.workers
+                    config.dataset,
+                    resolution,
+                    device=self.device,
+                    data_dir=config.dir,
+                    workers=config.workers,
+                    val_fraction=config.val_fraction,
                 )
             }
         return self._data[resolution]
@@ -192,9 +201,11 @@ class Evaluator:
             recipe=training.recipe_model(),
             seed=seed,
             run_dir=self.ctx.report_dir / "trials" / f"{trial.number:05d}",
-            device=str(self.device),
+            device=self.trial_device,
+            devices=self.ranks,
             precision=training.precision,
             memory_format=self.memory_format(trial.study, spec),
+            cuda_graphs=self.cuda_graphs(trial.study, spec),
             max_minutes=training.max_minutes,
             callbacks=callbacks,
         )
@@ -219,6 +230,7 @@ class Evaluator:
             "device": result.device,
             "hardware": self.hardware,
             "memory_format": result.memory_format,
+            "cuda_graphs": result.cuda_graphs,
             # relative to the report folder, so a moved or copied study still finds its weights
             "run_dir": os.path.relpath(result.run_dir, self.ctx.report_dir),
             "checkpoint": os.path.relpath(result.checkpoint, self.ctx.report_dir) if result.checkpoint else "",
@@ -238,12 +250,37 @@ class Evaluator:
             return "channels_last"
         shape = [self.hardware, batch_size, spec.resolution, spec.stem_channels, spec.head_channels]
         shape.append([_block_shape(b) for b in spec.blocks])
-        key = "memory_format:" + hashlib.sha1(json.dumps(shape).encode()).hexdigest()[:16]
-        stored = study.user_attrs.get(key)
-        if stored is None:
-            stored = (
-                "channels_last" if prefers_channels_last(spec, self.device, batch_size=batch_size) else "contiguous"
-            )
-            study.set_user_attr(key, stored)
-            stored = study.user_attrs[key]  # a worker that probed at the same moment may have written last
-        return stored
+
+        def measure() -> str:
+            return "channels_last" if prefers_channels_last(spec, self.device, batch_size=batch_size) else "contiguous"
+
+        return _stored_choice(study, "memory_format", shape, measure)
+
+    def cuda_graphs(self, study: optuna.Study, spec: ArchSpec) -> str:
+        """'on' where replaying CUDA graphs trains this shape faster on this GPU (measured once, stored with
+        the study, as the memory format), 'off' on the CPU or where the study says so."""
+        from mbv2_search.devices import resolve_precision
+        from mbv2_search.graphs import prefers_cuda_graphs
+
+        training = self.ctx.study.training
+        if self.device.type != "cuda" or training.cuda_graphs != "auto" or self.ranks > 1:  # DDP trains eagerly
+            return training.cuda_graphs if self.device.type == "cuda" and self.ranks == 1 else "off"
+        precision = resolve_precision(training.precision, self.device)
+        shape = [self.hardware, training.batch_size, precision, spec.resolution, spec.stem_channels]
+        shape += [spec.head_channels, [_block_shape(b) for b in spec.blocks]]
+
+        def measure() -> str:
+            faster = prefers_cuda_graphs(spec, self.device, batch_size=training.batch_size, precision=precision)
+            return "on" if faster else "off"
+
+        return _stored_choice(study, "cuda_graphs", shape, measure)
+
+
+def _stored_choice(study: optuna.Study, name: str, shape: list[Any], measure: Any) -> str:
+    """The study's stored choice for this shape, measured and stored by the first worker that needs it."""
+    key = f"{name}:" + hashlib.sha1(json.dumps(shape).encode()).hexdigest()[:16]
+    stored = study.user_attrs.get(key)
+    if stored is None:
+        study.set_user_attr(key, measure())
+        stored = study.user_attrs[key]  # a worker that probed at the same moment may have written last
+    return stored

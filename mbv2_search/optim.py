@@ -1,4 +1,5 @@
-"""TensorFlow's RMSProp as a torch optimizer, for the paper's recipe (section 6.1 trained with TF's).
+"""TensorFlow's RMSProp as a torch optimizer, for the paper's recipe (section 6.1 trained with TF's), and the
+weights' moving average (WeightEMA).
 
 torch.optim.RMSprop differs from TensorFlow's in three ways that matter with the paper's values: its
 mean square starts at 0 (TF: 1), its epsilon is added outside the square root (TF: inside, and
@@ -8,10 +9,13 @@ TF-Slim's MobileNet flag is 1.0), and its learning rate multiplies the momentum 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+
+from mbv2_search.recipes import Recipe
 
 
 class RMSpropTF(torch.optim.Optimizer):
@@ -73,3 +77,66 @@ def l2_groups(model: torch.nn.Module, weight_decay: float, *, depthwise: bool = 
             weight = name == "weight" and isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
             (decayed if weight and (depthwise or not is_depthwise) else plain).append(param)
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+class WeightEMA(torch.nn.Module):
+    """Exponential moving average of weights with TF's warm-up: decay_t = min(decay, (1 + t) / (10 + t))."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        super().__init__()
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """Move the average towards the model's current weights; copy buffers (BatchNorm stats)."""
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        averaged = [p for p in self.module.parameters()]
+        torch._foreach_lerp_(averaged, [p.detach() for p in model.parameters()], 1 - decay)
+        buffers = list(self.module.buffers())
+        if buffers:  # one launch for all BatchNorm statistics, not 150
+            torch._foreach_copy_(buffers, list(model.buffers()))
+
+
+def build_optimizer(model: torch.nn.Module, recipe: Recipe, *, lr: float) -> torch.optim.Optimizer:
+    """The recipe's optimizer over the model's parameters at this learning rate."""
+    params = model.parameters()
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov and recipe.momentum > 0,
+            weight_decay=recipe.weight_decay,
+        )
+    if recipe.optimizer == "rmsprop_tf":
+        groups = l2_groups(model, recipe.weight_decay, depthwise=recipe.l2_depthwise)
+        return RMSpropTF(groups, lr=lr, rho=recipe.rmsprop_decay, momentum=recipe.momentum, eps=recipe.eps)
+    if recipe.optimizer == "rmsprop":
+        return torch.optim.RMSprop(
+            params,
+            lr=lr,
+            alpha=recipe.rmsprop_decay,
+            momentum=recipe.momentum,
+            eps=recipe.eps,
+            weight_decay=recipe.weight_decay,
+        )
+    return torch.optim.AdamW(params, lr=lr, eps=recipe.eps, weight_decay=recipe.weight_decay)
+
+
+def build_schedule(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, *, lr: float, epochs: int, steps_per_epoch: int
+) -> Any:
+    """The recipe's per-step learning-rate schedule, or None for a constant rate."""
+    schedulers, total = torch.optim.lr_scheduler, epochs * steps_per_epoch
+    if recipe.schedule == "onecycle":
+        return schedulers.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=recipe.warmup_fraction)
+    if recipe.schedule == "cosine":
+        return schedulers.CosineAnnealingLR(optimizer, T_max=total)
+    if recipe.schedule == "exponential" and recipe.decay_epochs:  # staircase, as tf.train.exponential_decay
+        every = max(1, round(recipe.decay_epochs * steps_per_epoch))
+        return schedulers.StepLR(optimizer, step_size=every, gamma=recipe.gamma)
+    if recipe.schedule == "exponential":
+        return schedulers.ExponentialLR(optimizer, recipe.gamma ** (1 / steps_per_epoch))  # x gamma per epoch, smoothly
+    return None

@@ -138,7 +138,15 @@ def ask(study: optuna.Study, *, waiting: list[int]) -> optuna.Trial:
     for waiting_id in waiting:
         try:  # False, or an error, where another worker took it first
             if storage.set_trial_state_values(waiting_id, state=optuna.trial.TrialState.RUNNING):
+                _cache_knows(storage, study_id(study), waiting_id)
                 return optuna.Trial(study, waiting_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return optuna.Trial(study, storage.create_new_trial(study_id(study)))
+
+
+def _cache_knows(storage: optuna.storages.BaseStorage, sid: int, trial_id_: int) -> None:
+    """Optuna's RDB cache maps a trial to its study only once it has read it (its own ask reads the
+    queue through it); a trial taken from our index must be read in before it gets parameters."""
+    if isinstance(storage, _CachedStorage) and trial_id_ not in storage._trial_id_to_study_id_and_number:
+        storage._read_trials_from_remote_storage(sid)  # takes the cache's lock itself

@@ -32,22 +32,24 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
 def space_fingerprint(ctx: Context) -> str:
     """What makes trials comparable: the space, data, training budget and objectives."""
     study = ctx.study
-    return json.dumps(
-        {
-            "space": _space_identity(ctx.arch_file),
-            "data": study.data.dataset,
-            "training": study.training.model_dump(exclude={"device", "precision"}),
-            "objectives": study.objectives,
-            "constraints": study.constraints,
-        },
-        sort_keys=True,
-    )
+    identity = {
+        "space": _space_identity(ctx.arch_file),
+        "data": study.data.dataset,
+        "training": study.training.model_dump(exclude={"device", "precision", "cuda_graphs", "devices_per_trial"}),
+        "objectives": study.objectives,
+        "constraints": study.constraints,
+    }
+    if study.training.devices_per_trial != 1:  # another global batch changes results; unset keeps old studies'
+        identity["training"]["devices_per_trial"] = study.training.devices_per_trial
+    if study.data.val_fraction is not None:  # another split changes what val_acc means; unset keeps 0.1's
+        identity["val_fraction"] = study.data.val_fraction
+    return json.dumps(identity, sort_keys=True)
 
 
 def _space_identity(arch_file: ArchFile) -> dict[str, Any]:
     """The space as stored trials depend on it; knobs added after 0.1.0 count only where set, so the
     fingerprints of studies stored by 0.1.0 still match."""
-    space = arch_file.model_dump(exclude={"name", "description"})
+    space = arch_file.model_dump(exclude={"name", "description", "preprocessing"})
     if space["knobs"]["dropout"] is None:  # the convention's, as 0.1.0 wrote it out (0.2 for its conventions)
         space["knobs"]["dropout"] = CONVENTIONS[space["knobs"]["convention"]].dropout
     defaults = Knobs()

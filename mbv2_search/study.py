@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from mbv2_search import space
 from mbv2_search.config import ArchFile, check_arch, load_arch_file
-from mbv2_search.datasets import DATASETS
+from mbv2_search.datasets import DATASETS, check_val_fraction
 from mbv2_search.recipes import RECIPES, Recipe, recipe_with
 from mbv2_search.sampler import SAMPLERS
 from mbv2_search.schema import ConfigError, SecretValue, Strict, UnknownKey, parse, read_yaml, unknown_key
@@ -30,6 +30,12 @@ class DataModel(Strict):
     dataset: Literal[tuple(DATASETS)] = "digits"  # type: ignore[valid-type]
     dir: str | None = None
     workers: int = Field(4, ge=0)
+    val_fraction: float | None = None  # None: the dataset's own validation split (datasets.DATASETS)
+
+    @field_validator("val_fraction", mode="before")
+    @classmethod
+    def _fraction(cls, value: object) -> float | None:
+        return None if value is None else check_val_fraction(value)
 
 
 class TrainingModel(Strict):
@@ -40,7 +46,23 @@ class TrainingModel(Strict):
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay training steps from CUDA graphs (GPUs)
     max_minutes: float | None = Field(None, gt=0)
+    # one candidate on N devices (DDP; CPU: N processes); batch_size stays per device, the lr follows the global batch
+    devices_per_trial: int = Field(1, ge=1, le=64)
+
+    @field_validator("devices_per_trial")
+    @classmethod
+    def _eager_with_ddp(cls, value: int, info: Any) -> int:
+        if value > 1 and info.data.get("cuda_graphs") == "on":  # DDP's gradient hooks do not run in replayed graphs
+            raise ValueError("with cuda_graphs 'on' allowed: 1 (CUDA graphs train on one device)")
+        return value
+
+    @field_validator("cuda_graphs", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        """YAML reads a bare on/off (and yes/no) as a boolean."""
+        return ("on" if value else "off") if isinstance(value, bool) else value
 
     def recipe_model(self, path: str | Path = "study") -> Recipe:
         """The named recipe with the overrides applied (a ConfigError names a bad override)."""
@@ -94,6 +116,7 @@ class StudyFile(Strict):
     n_trials: int = Field(ge=1, le=1_000_000)
     timeout_minutes: float | None = Field(None, gt=0)
     workers: int = Field(1, ge=1, le=256)
+    workers_per_gpu: int = Field(1, ge=1, le=64)  # on a GPU machine: this many workers on each GPU
     storage: str | None = None
     baselines: list[dict[str, Any]] = Field(default_factory=list)
     latency: LatencyModel = LatencyModel()

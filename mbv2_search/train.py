@@ -5,12 +5,10 @@ Knows nothing of Optuna: the search passes callbacks in. Recipes live in recipes
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -22,10 +20,13 @@ import torch.nn.functional as F
 from mbv2_search.arch import ArchSpec
 from mbv2_search.callbacks import RichEpochProgress, TrainingClock
 from mbv2_search.data import FolderData, TensorData
-from mbv2_search.devices import configure_cpu, prefers_channels_last, resolve_device, resolve_precision
+from mbv2_search.devices import configure_cpu, prefers_channels_last, rank_devices, resolve_precision
+from mbv2_search.distributed import RankSync, ddp_strategy, train_distributed
 from mbv2_search.errors import TrainingError
+from mbv2_search.graphs import batch_sample, capture, prefers_cuda_graphs
 from mbv2_search.model import build_model
-from mbv2_search.optim import RMSpropTF, l2_groups
+from mbv2_search.noise import binomial_stderr
+from mbv2_search.optim import WeightEMA, build_optimizer, build_schedule
 from mbv2_search.recipes import Recipe
 from mbv2_search.weights import load_into
 
@@ -41,25 +42,6 @@ class TrainingOutOfMemory(TrainingError):
     """The GPU ran out of memory."""
 
 
-class WeightEMA(torch.nn.Module):
-    """Exponential moving average of weights with TF's warm-up: decay_t = min(decay, (1 + t) / (10 + t))."""
-
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        super().__init__()
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay, self.updates = decay, 0
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        """Move the average towards the model's current weights; copy buffers (BatchNorm stats)."""
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        averaged = [p for p in self.module.parameters()]
-        torch._foreach_lerp_(averaged, [p.detach() for p in model.parameters()], 1 - decay)
-        for mine, theirs in zip(self.module.buffers(), model.buffers()):
-            mine.copy_(theirs)
-
-
 class Classifier(pl.LightningModule):
     """Cross-entropy classifier around the built model; top-1 (and top-5) with prefixed names."""
 
@@ -73,9 +55,11 @@ class Classifier(pl.LightningModule):
         steps_per_epoch: int,
         num_classes: int,
         check_every: int = 1,
+        graph_sample: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.model, self.recipe = model, recipe
+        self.graph_sample = graph_sample  # a batch shape to replay from CUDA graphs
         self.batch_size, self.epochs, self.steps_per_epoch = batch_size, epochs, steps_per_epoch
         self.top5 = num_classes > 5
         self.check_every = check_every
@@ -94,15 +78,16 @@ class Classifier(pl.LightningModule):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at epoch {self.current_epoch}, step {batch_idx} (checked every {self.check_every} steps)"
             )
-        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(labels))
-        self.log(
-            "train_acc",
-            (logits.argmax(1) == labels).float().mean(),
-            on_step=False,
-            on_epoch=True,
-            batch_size=len(labels),
-        )
+        synced, n = self.trainer.world_size > 1, len(labels)  # over all ranks' shards, once per epoch
+        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=synced)
+        accuracy = (logits.argmax(1) == labels).float().mean()
+        self.log("train_acc", accuracy, on_step=False, on_epoch=True, batch_size=n, sync_dist=synced)
         return loss
+
+    def on_train_start(self) -> None:
+        # here, on the device and after the EMA's copy (a copy must not share the captured graphs)
+        if self.graph_sample is not None:
+            capture(self.model, self.graph_sample, precision=str(self.trainer.precision))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
@@ -111,12 +96,14 @@ class Classifier(pl.LightningModule):
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], prefix: str) -> None:
         images, labels = batch
         logits = self.evaluation_model()(images)
-        n = len(labels)
-        self.log(f"{prefix}_loss", F.cross_entropy(logits, labels), batch_size=n)
-        self.log(f"{prefix}_acc", (logits.argmax(1) == labels).float().mean(), batch_size=n, prog_bar=True)
+        # every rank evaluates the whole split with the same weights (RankSync): the mean is rank 0's number
+        n, synced = len(labels), self.trainer.world_size > 1
+        self.log(f"{prefix}_loss", F.cross_entropy(logits, labels), batch_size=n, sync_dist=synced)
+        accuracy = (logits.argmax(1) == labels).float().mean()
+        self.log(f"{prefix}_acc", accuracy, batch_size=n, prog_bar=True, sync_dist=synced)
         if self.top5:
             top5 = (logits.topk(5, dim=1).indices == labels[:, None]).any(1).float().mean()
-            self.log(f"{prefix}_acc5", top5, batch_size=n)
+            self.log(f"{prefix}_acc5", top5, batch_size=n, sync_dist=synced)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -125,44 +112,12 @@ class Classifier(pl.LightningModule):
         self._eval_step(batch, "test")
 
     def configure_optimizers(self):
-        recipe, params = self.recipe, self.model.parameters()
-        lr = recipe.scaled_lr(self.batch_size)
-        if recipe.optimizer == "sgd":
-            optimizer = torch.optim.SGD(
-                params,
-                lr=lr,
-                momentum=recipe.momentum,
-                nesterov=recipe.nesterov and recipe.momentum > 0,
-                weight_decay=recipe.weight_decay,
-            )
-        elif recipe.optimizer == "rmsprop_tf":
-            groups = l2_groups(self.model, recipe.weight_decay, depthwise=recipe.l2_depthwise)
-            optimizer = RMSpropTF(groups, lr=lr, rho=recipe.rmsprop_decay, momentum=recipe.momentum, eps=recipe.eps)
-        elif recipe.optimizer == "rmsprop":
-            optimizer = torch.optim.RMSprop(
-                params,
-                lr=lr,
-                alpha=recipe.rmsprop_decay,
-                momentum=recipe.momentum,
-                eps=recipe.eps,
-                weight_decay=recipe.weight_decay,
-            )
-        else:
-            optimizer = torch.optim.AdamW(params, lr=lr, eps=recipe.eps, weight_decay=recipe.weight_decay)
-        total = self.epochs * self.steps_per_epoch
-        if recipe.schedule == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=lr, total_steps=total, pct_start=recipe.warmup_fraction
-            )
-        elif recipe.schedule == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-        elif recipe.schedule == "exponential" and recipe.decay_epochs:  # staircase, as tf.train.exponential_decay
-            every = max(1, round(recipe.decay_epochs * self.steps_per_epoch))
-            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=every, gamma=recipe.gamma)
-        elif recipe.schedule == "exponential":
-            per_step = recipe.gamma ** (1 / self.steps_per_epoch)  # x gamma per epoch, applied smoothly
-            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, per_step)
-        else:
+        lr = self.recipe.scaled_lr(self.batch_size)
+        optimizer = build_optimizer(self.model, self.recipe, lr=lr)
+        scheduler = build_schedule(
+            optimizer, self.recipe, lr=lr, epochs=self.epochs, steps_per_epoch=self.steps_per_epoch
+        )
+        if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -184,6 +139,7 @@ class TrainResult:
     run_dir: str
     checkpoint: str
     history: list[dict[str, float]] = field(default_factory=list)
+    cuda_graphs: bool = False  # training steps replayed from CUDA graphs
     init: str = ""  # what loading initial weights changed (the classifier re-initialised), if anything
     split_sizes: dict[str, int] = field(default_factory=dict)  # images in train, val and test
     val_acc_stderr: float = float("nan")  # binomial standard error of val_acc over the validation images
@@ -197,24 +153,28 @@ def build_trainer(
     run_dir: Path,
     *,
     epochs: int,
-    device: torch.device,
+    devices: Sequence[torch.device],
     precision: str,
     callbacks: Sequence[pl.Callback] = (),
     max_minutes: float | None = None,
 ) -> pl.Trainer:
-    """The one Trainer factory: CSV metrics and the best checkpoint in run_dir, no per-step overhead."""
+    """The one Trainer factory: CSV metrics and the best checkpoint in run_dir, no per-step overhead; DDP
+    over several devices (distributed.py launches the ranks; training batches come sharded)."""
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
     checkpoint = ModelCheckpoint(
         dirpath=run_dir, filename="best", monitor="val_acc", mode="max", save_top_k=1, save_weights_only=True
     )
+    device = devices[0]
     return pl.Trainer(
         default_root_dir=run_dir,
         max_epochs=epochs,
         max_time={"minutes": max_minutes} if max_minutes else None,
         accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=[device.index or 0] if device.type == "cuda" else 1,
+        devices=[d.index or 0 for d in devices] if device.type == "cuda" else len(devices),
+        strategy=ddp_strategy(device.type) if len(devices) > 1 else "auto",
+        use_distributed_sampler=False,  # every rank evaluates the full val and test sets
         precision=precision,
         logger=CSVLogger(run_dir, name="", version="", flush_logs_every_n_steps=10_000),
         callbacks=[checkpoint, *callbacks],
@@ -224,6 +184,24 @@ def build_trainer(
         log_every_n_steps=10_000,  # metrics are logged per epoch only
         deterministic=device.type == "cpu",
     )
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What every rank needs to train the same candidate (picklable: helpers get a copy)."""
+
+    spec: ArchSpec
+    epochs: int
+    batch_size: int  # per device
+    recipe: Recipe
+    seed: int
+    run_dir: Path
+    precision: str
+    memory_format: str
+    compile: bool
+    cuda_graphs: str
+    max_minutes: float | None
+    init: dict[str, Any] | None
 
 
 def train(
@@ -236,9 +214,11 @@ def train(
     seed: int,
     run_dir: str | Path,
     device: str = "auto",
+    devices: int = 1,
     precision: str = "auto",
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto",
     compile: bool = False,
+    cuda_graphs: Literal["auto", "on", "off"] = "auto",
     callbacks: Sequence[pl.Callback] = (),
     progress: bool = False,
     max_minutes: float | None = None,
@@ -249,55 +229,116 @@ def train(
     Args:
         spec: the architecture.
         data: a loaded dataset (data.load_dataset) at spec.resolution.
-        epochs, batch_size: the training budget.
-        recipe: optimizer, schedule and regularization (RECIPES or custom).
+        epochs, batch_size: the training budget; batch_size is per device (the global batch is x devices).
+        recipe: optimizer, schedule and regularization (RECIPES or custom); its lr scales with the global batch.
         seed: seeds weights, batch order and augmentation; the same seed on the CPU repeats the metrics.
         run_dir: folder for metrics.csv and best.ckpt.
-        device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
+        device: 'auto', 'cpu', 'cuda', 'cuda:N' or the GPUs of one run ('cuda:2,3').
+        devices: train on this many devices with DDP (on the CPU: processes splitting the threads).
         precision: a Lightning precision, or 'auto'.
         memory_format: 'auto' measures on the CPU, channels_last on GPUs.
         compile: torch.compile the model.
-        callbacks: extra Lightning callbacks (the search passes its reporter here).
+        cuda_graphs: replay training steps from CUDA graphs; 'auto' measures (one GPU only; eager on the CPU).
+        callbacks: extra Lightning callbacks (the search passes its reporter here); on rank 0 only.
         progress: show a rich progress bar over epochs.
         max_minutes: stop training after this long.
         init: initial weights in our layout (weights.read_weights), to fine-tune from.
     """
-    torch_device = resolve_device(device)
-    run_dir = _prepare_run(torch_device, Path(run_dir), seed)
-    if recipe.dropout is not None and recipe.dropout != spec.dropout:
-        spec = replace(spec, dropout=recipe.dropout)
-    channels_last = memory_format == "channels_last" or (
-        memory_format == "auto" and prefers_channels_last(spec, torch_device, batch_size=batch_size)
+    ranks = rank_devices(device, devices)
+    if len(ranks) > 1 and cuda_graphs == "on":
+        raise TrainingError(f"cuda_graphs: got 'on' with {len(ranks)} devices; CUDA graphs train on one (use 'auto')")
+    if len(ranks) > 1 and memory_format == "auto":  # measured once: every rank must lay out its weights alike
+        channels_last = prefers_channels_last(spec, ranks[0], batch_size=batch_size)
+        memory_format = "channels_last" if channels_last else "contiguous"
+    job = TrainJob(
+        spec,
+        epochs,
+        batch_size,
+        recipe,
+        seed,
+        Path(run_dir),
+        precision,
+        memory_format,
+        compile,
+        cuda_graphs,
+        max_minutes,
+        init,
+    )
+    if len(ranks) == 1:
+        return train_rank(job, data, ranks=ranks, rank=0, callbacks=callbacks, progress=progress)
+    return train_distributed(train_rank, job, data, ranks=ranks, callbacks=callbacks, progress=progress)
+
+
+def train_rank(
+    job: TrainJob,
+    data: TensorData | FolderData,
+    *,
+    ranks: Sequence[torch.device],
+    rank: int,
+    callbacks: Sequence[pl.Callback],
+    progress: bool,
+    before_fit: Callable[[], None] = lambda: None,
+) -> TrainResult:
+    """One rank's training (the only one with one device); ranks > 0 are distributed.py's helpers."""
+    torch_device, world, batch_size = ranks[rank], len(ranks), job.batch_size
+    run_dir = _prepare_run(torch_device, job.run_dir, job.seed)
+    spec = job.spec
+    if job.recipe.dropout is not None and job.recipe.dropout != spec.dropout:
+        spec = replace(spec, dropout=job.recipe.dropout)
+    channels_last = job.memory_format == "channels_last" or (
+        job.memory_format == "auto" and prefers_channels_last(spec, torch_device, batch_size=batch_size)
     )
     model = build_model(spec)  # before the loaders: the seeded stream draws the weights first
-    note = "" if init is None else load_into(model, init, source="--init")
+    note = "" if job.init is None else load_into(model, job.init, source="--init")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loaders = _loaders(data, batch_size=batch_size, seed=seed, channels_last=channels_last)
+    loaders = _loaders(data, batch_size=batch_size, seed=job.seed, channels_last=channels_last, shard=(rank, world))
+    precision = resolve_precision(job.precision, torch_device)
+    steps_batch = min(batch_size, data.split_sizes()["train"])  # training drops the last partial batch
+    # with DDP eager: its gradient hooks do not run inside replayed graphs
+    graphs = world == 1 and _use_graphs(
+        job.cuda_graphs, spec, torch_device, batch_size=steps_batch, precision=precision, compile=job.compile
+    )
     module = Classifier(
-        torch.compile(model) if compile else model,
-        recipe,
-        batch_size=batch_size,
-        epochs=epochs,
+        torch.compile(model) if job.compile else model,
+        job.recipe,
+        batch_size=batch_size * world,  # the global batch sets the learning rate
+        epochs=job.epochs,
         steps_per_epoch=len(loaders.train),
         num_classes=data.num_classes,
         check_every=1 if torch_device.type == "cpu" else 25,
+        graph_sample=batch_sample(spec, steps_batch, torch_device, channels_last=channels_last) if graphs else None,
     )
-    clock = TrainingClock(torch_device.type == "cuda")
+    clock = TrainingClock(torch_device.type == "cuda", ranks=world)
+    shown = [RichEpochProgress()] if progress else []
     trainer = build_trainer(
         run_dir,
-        epochs=epochs,
-        device=torch_device,
-        precision=resolve_precision(precision, torch_device),
-        callbacks=[clock, *callbacks, *([RichEpochProgress()] if progress else [])],
-        max_minutes=max_minutes,
+        epochs=job.epochs,
+        devices=ranks,
+        precision=precision,
+        callbacks=[clock, *callbacks, *shown, *([RankSync()] if world > 1 else [])],
+        max_minutes=job.max_minutes,
     )
-    where = f"on {torch_device} at batch size {batch_size}, resolution {spec.resolution}"
-    fitted = _fit_and_test(trainer, module, loaders, where)
-    result = _result(fitted, clock, device=torch_device, seed=seed, channels_last=channels_last, run_dir=run_dir)
+    where = f"on {torch_device} at batch size {batch_size}" + (f" x {world} devices" if world > 1 else "")
+    before_fit()
+    fitted = _fit_and_test(trainer, module, loaders, f"{where}, resolution {spec.resolution}")
+    result = _result(fitted, clock, device=torch_device, seed=job.seed, channels_last=channels_last, run_dir=run_dir)
     sizes = data.split_sizes()
-    stderr = math.sqrt(result.val_acc * (1 - result.val_acc) / sizes["val"]) if sizes["val"] else float("nan")
-    return replace(result, init=note, split_sizes=sizes, val_acc_stderr=stderr)
+    stderr = binomial_stderr(result.val_acc, sizes["val"])
+    device_name = ",".join(map(str, ranks)) if world > 1 and torch_device.type == "cuda" else str(torch_device)
+    device_name += f" x {world}" if world > 1 and torch_device.type == "cpu" else ""
+    return replace(result, init=note, split_sizes=sizes, val_acc_stderr=stderr, cuda_graphs=graphs, device=device_name)
+
+
+def _use_graphs(
+    choice: str, spec: ArchSpec, device: torch.device, *, batch_size: int, precision: str, compile: bool
+) -> bool:
+    """CUDA graphs where asked for ('on') or measured faster ('auto'); never on the CPU or with torch.compile."""
+    if choice == "on" and device.type != "cuda":
+        raise TrainingError(f"cuda_graphs: got 'on' but the device is {device}; CUDA graphs need a GPU (use 'auto')")
+    if device.type != "cuda" or compile or choice == "off":
+        return False
+    return choice == "on" or prefers_cuda_graphs(spec, device, batch_size=batch_size, precision=precision)
 
 
 def _prepare_run(device: torch.device, run_dir: Path, seed: int) -> Path:
@@ -315,10 +356,13 @@ class _Loaders(NamedTuple):
     test: Any
 
 
-def _loaders(data: TensorData | FolderData, *, batch_size: int, seed: int, channels_last: bool) -> _Loaders:
-    """Shuffled, augmented training batches; evaluation at twice the batch size (no gradients to keep)."""
+def _loaders(
+    data: TensorData | FolderData, *, batch_size: int, seed: int, channels_last: bool, shard: tuple[int, int]
+) -> _Loaders:
+    """Shuffled, augmented training batches (this rank's share); evaluation of the whole splits at twice the
+    batch size (no gradients to keep)."""
     return _Loaders(
-        data.loader("train", batch_size, train=True, seed=seed, channels_last=channels_last),
+        data.loader("train", batch_size, train=True, seed=seed, channels_last=channels_last, shard=shard),
         data.loader("val", batch_size * 2, channels_last=channels_last),
         data.loader("test", batch_size * 2, channels_last=channels_last),
     )
@@ -339,6 +383,7 @@ def _fit_and_test(trainer: pl.Trainer, module: Classifier, loaders: _Loaders, wh
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning 2.6 on torch 2.14
+            warnings.filterwarnings("ignore", message=".*in eval mode at the start of training.*")  # the EMA copy
             trainer.fit(module, loaders.train, loaders.val)
             fit_seconds = time.perf_counter() - start
             checkpoint = trainer.checkpoint_callback.best_model_path

@@ -1,18 +1,13 @@
-"""Workers: the trial loop, heartbeats, and local worker processes watched by their parent."""
+"""Workers: the trial loop and its heartbeats (supervisor spawns and watches local worker processes)."""
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import os
 import random
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -22,7 +17,7 @@ from mbv2_search import ledger, space, trial_index
 from mbv2_search import optuna_private as private
 from mbv2_search.interrupts import Interrupted, SignalGuard
 from mbv2_search.knobs import ArchError
-from mbv2_search.search import Context, load_context, space_size
+from mbv2_search.search import Context, space_size
 from mbv2_search.storage import open_study
 
 
@@ -63,6 +58,24 @@ class WorkerReport:
     recovered: int = 0
     stopped: str = ""  # '' (the study reached n_trials), 'exhausted', 'timeout' or 'stop'
     streak: int = field(default=0, repr=False)  # duplicates proposed in a row
+
+
+class GpuCrowded(Exception):
+    """A worker sharing its GPU with others ran out of GPU memory: not the candidate's fault, so its trial
+    runs again (not counted) and the worker stops, leaving that GPU one worker fewer."""
+
+
+def _crowded(evaluate: Callable) -> Callable:
+    """Out of GPU memory in a shared GPU is the neighbours' doing, not the candidate's (GpuCrowded)."""
+    from mbv2_search.train import TrainingOutOfMemory
+
+    def run(trial: optuna.Trial) -> Any:
+        try:
+            return evaluate(trial)
+        except TrainingOutOfMemory as err:
+            raise GpuCrowded(f"out of GPU memory beside other workers: {err}") from None
+
+    return run
 
 
 def _candidate_failures() -> tuple[type[BaseException], ...]:
@@ -140,6 +153,7 @@ def work(
     on_event: Callable[[str, Any], None] | None = None,
     stop: threading.Event | None = None,
     guard: SignalGuard | None = None,
+    packed: bool = False,
 ) -> WorkerReport:
     """Run trials until the study has n_trials counted ones finished, the space is exhausted, or it is stopped.
 
@@ -150,13 +164,14 @@ def work(
         on_event: called with ('start', trial) and ('end', frozen trial) for progress displays.
         stop: set to stop after the running trial.
         guard: the signal handling (default: SIGINT and SIGTERM raise Interrupted after re-queueing).
+        packed: this worker shares its GPU; running out of GPU memory re-queues the trial and raises GpuCrowded.
     """
     from mbv2_search.devices import configure_cpu
     from mbv2_search.objective import Evaluator
 
     configure_cpu(threads)
     study = open_study(ctx)
-    evaluate = Evaluator(ctx, device)
+    evaluate = _crowded(Evaluator(ctx, device)) if packed else Evaluator(ctx, device)
     report = WorkerReport()
     deadline = time.time() + ctx.study.timeout_minutes * 60 if ctx.study.timeout_minutes else None
     size, n_trials, beat = space_size(ctx), ctx.study.n_trials, ctx.study.heartbeat_seconds
@@ -211,133 +226,3 @@ def _next_step(
     if exhausted and not spent.running:
         return "exhausted"
     return "wait" if exhausted or spent.done + spent.running >= ctx.study.n_trials else ""
-
-
-def _worker_process(path: str, storage_url: str, reports_root: str, device: str, threads: int) -> None:
-    """Entry point of a spawned worker: its parent turns Ctrl-C into SIGTERM for it; exit codes tell the parent why."""
-    from mbv2_search.errors import environment_message
-
-    ctx = load_context(path, storage_url, reports_root=reports_root)
-    threading.Thread(target=_follow_parent, args=(os.getppid(),), daemon=True).start()
-    try:
-        work(ctx, device=device, threads=threads)  # SIGINT stays ignored, inherited from start_worker
-    except Interrupted as err:
-        sys.exit(err.exit_code)
-    except Exception as err:
-        message = environment_message(err)
-        if message is None:
-            raise
-        print(f"mbv2-search: worker {os.getpid()}: error: {message}", file=sys.stderr, flush=True)
-        sys.exit(1)
-
-
-def _follow_parent(parent: int) -> None:
-    """Stop as on SIGTERM once the parent is gone (kill -9 of `run`): no orphan trains on unwatched."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def worker_devices(device: str, workers: int) -> list[str]:
-    """One GPU per worker where there are GPUs (round robin), else the CPU for all."""
-    import torch
-
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(workers)]
-    return [device if device != "auto" else "cpu"] * workers
-
-
-def start_worker(ctx: Context, device: str, *, threads: int, reports_root: str | Path) -> multiprocessing.Process:
-    """Spawn one worker process; it starts with SIGINT ignored (inherited), so only its parent decides."""
-    process = multiprocessing.get_context("spawn").Process(
-        target=_worker_process, args=(str(ctx.path), ctx.storage_url, str(reports_root), device, threads)
-    )
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        process.start()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    return process
-
-
-def start_workers(ctx: Context, workers: int, *, reports_root: str | Path = "reports") -> list[multiprocessing.Process]:
-    """Spawn local worker processes that split the CPU cores (or take one GPU each)."""
-    from mbv2_search.devices import available_cores
-
-    open_study(ctx)  # create it once, before workers race to
-    threads = max(1, available_cores() // workers)
-    return [
-        start_worker(ctx, device, threads=threads, reports_root=reports_root)
-        for device in worker_devices(ctx.study.training.device, workers)
-    ]
-
-
-def _exit_reason(code: int) -> str:
-    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-
-
-def supervise(
-    ctx: Context,
-    workers: int,
-    *,
-    reports_root: str | Path = "reports",
-    on_tick: Callable[[], None] | None = None,
-    on_note: Callable[[str], None] = print,
-) -> tuple[list[str], str]:
-    """Run local workers to the end; returns the failure that stopped the run ([] when none) and why
-    the workers stopped short of n_trials without one ('timeout', as WorkerReport.stopped, or '').
-
-    A worker that dies is noticed at once and its trial re-queued. A worker stopped by a signal of its
-    own (kill -9, the OOM killer, a SIGTERM) is replaced, up to `workers` times in one run; one that
-    failed (the data, the disk, the storage: exit 1) stops the run, as it would with one worker. On
-    SIGINT or SIGTERM every worker gets SIGTERM, re-queues its trial and exits; then Interrupted is
-    raised here.
-    """
-    from mbv2_search.devices import available_cores
-
-    study = open_study(ctx)
-    threads = max(1, available_cores() // workers)
-    alive = {
-        start_worker(ctx, d, threads=threads, reports_root=reports_root): d
-        for d in worker_devices(ctx.study.training.device, workers)
-    }
-    replaced, started = 0, time.time()
-    with SignalGuard() as guard:
-        try:
-            while alive:
-                guard.check()
-                for process in [p for p in alive if not p.is_alive()]:
-                    device, code = alive.pop(process), process.exitcode
-                    if code == 0:
-                        continue
-                    what = f"worker {process.pid} {_exit_reason(code)}"
-                    lost = ledger.requeue_worker(study, process.pid, reason=what)
-                    on_note(what + (f"; trial {', '.join(map(str, lost))} will run again" if lost else ""))
-                    if (code < 0 or code in (130, 143)) and replaced < workers:
-                        replaced += 1
-                        alive[start_worker(ctx, device, threads=threads, reports_root=reports_root)] = device
-                    else:
-                        _stop_all(study, list(alive))
-                        return [what], ""
-                if on_tick:
-                    on_tick()
-                time.sleep(0.5)
-        except Interrupted:
-            _stop_all(study, list(alive))
-            raise
-    timeout = ctx.study.timeout_minutes
-    return [], "timeout" if timeout and time.time() - started >= timeout * 60 else ""
-
-
-def _stop_all(study: optuna.Study, processes: list[multiprocessing.Process]) -> None:
-    """SIGTERM every worker, wait for each to re-queue its trial, and re-queue what is left RUNNING."""
-    for process in processes:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGTERM)
-    for process in processes:
-        process.join(timeout=60)
-        if process.is_alive():
-            process.kill()
-            process.join()
-        with contextlib.suppress(Exception):
-            ledger.requeue_worker(study, process.pid, reason="interrupted: its worker was stopped")

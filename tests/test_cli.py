@@ -203,6 +203,10 @@ def test_train_divergence_is_reported_not_a_crash(capsys, tmp_path):
         (["--classes", "5"], "--classes: got 5; allowed: 10, the class count of digits"),
         (["--set", "lr=-1"], "--set: lr: got -1; input should be greater than 0"),
         (["--set", "=0.1"], "--set: got '=0.1'; allowed: KEY=VALUE"),
+        (["--val-fraction", "1"], "--val-fraction: got 1.0; allowed: a fraction strictly between 0 and 1"),
+        (["--val-fraction", "nan"], "--val-fraction: got nan; allowed: a fraction strictly between 0 and 1"),
+        (["--devices", "2", "--device", "cuda:0,cuda:0"], "--devices: got 2 with device 'cuda:0,cuda:0'"),
+        (["--devices", "3", "--device", "cuda:0,1"], "--devices: got 3 with device 'cuda:0,1'"),
     ],
 )
 def test_train_refuses_bad_input_before_training(capsys, tmp_path, argv, needle):

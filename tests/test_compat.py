@@ -49,3 +49,18 @@ def test_shipped_studies_keep_the_fingerprints_of_0_1():
     for name, expected in FINGERPRINTS_0_1.items():
         fingerprint = space_fingerprint(load_context(studies / name))
         assert hashlib.sha256(fingerprint.encode()).hexdigest()[:16] == expected, name
+
+
+def test_a_set_val_fraction_changes_the_fingerprint_and_unset_keeps_it(tmp_path):
+    """Another validation split changes what val_acc means: a study that sets one is another study."""
+    from mbv2_search.storage import space_fingerprint
+
+    studies = Path(__file__).parent.parent / "studies"
+    text = (studies / "quickstart.yaml").read_text().replace("../search_spaces/", f"{studies.parent}/search_spaces/")
+    shifted = tmp_path / "shifted.yaml"
+    shifted.write_text(text.replace("data: {dataset: digits}", "data: {dataset: digits, val_fraction: 0.2}"))
+    fingerprint = space_fingerprint(load_context(shifted))
+    assert '"val_fraction": 0.2' in fingerprint
+    assert fingerprint.replace(', "val_fraction": 0.2', "") == space_fingerprint(
+        load_context(studies / "quickstart.yaml")
+    )

@@ -119,3 +119,28 @@ def test_a_test_folder_is_the_test_set_and_validation_is_stratified(tmp_path):
     assert labels == [0, 0, 1, 1, 2, 2]
     again = load_dataset("imagefolder", 16, device=CPU, data_dir=tmp_path, workers=0)
     assert again._held_out == data._held_out  # seeded: every trial of a study sees the same split
+
+
+def test_val_fraction_moves_images_between_train_and_val_only(tmp_path):
+    fixed = load_dataset("digits", 8, device=CPU)
+    default = load_dataset("digits", 8, device=CPU, val_fraction=None)
+    assert torch.equal(fixed.val.images, default.val.images) and torch.equal(fixed.train.labels, default.train.labels)
+    wider = load_dataset("digits", 8, device=CPU, val_fraction=0.3)
+    assert wider.split_sizes() == {"train": 1069, "val": 458, "test": 270}  # 0.3 of the 1,527 outside test
+    assert torch.equal(wider.test.images, fixed.test.images)  # the test set never moves
+    pooled = torch.cat([wider.train.images, wider.val.images]).flatten(1).sum(1).sort().values
+    assert torch.equal(pooled, torch.cat([fixed.train.images, fixed.val.images]).flatten(1).sum(1).sort().values)
+    cifar = load_dataset("cifar10", 32, device=CPU, data_dir=write_cifar(tmp_path), val_fraction=0.25)
+    assert cifar.split_sizes() == {"train": 75, "val": 25, "test": 20}
+
+
+def test_image_folder_val_fraction_is_per_class(tmp_path):
+    for label in ("cat", "dog"):
+        (tmp_path / "train" / label).mkdir(parents=True)
+        (tmp_path / "val" / label).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(np.full((8, 8, 3), 9 * i, dtype=np.uint8)).save(tmp_path / "train" / label / f"{i}.png")
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "val" / label / "0.png")
+    data = load_dataset("imagefolder", 8, device=CPU, data_dir=tmp_path, workers=0, val_fraction=0.3)
+    assert data.split_sizes() == {"train": 14, "val": 6, "test": 2}  # 3 of each class's 10
+    assert load_dataset("imagefolder", 8, device=CPU, data_dir=tmp_path, workers=0).split_sizes()["val"] == 2

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from mbv2_search.ledger import EXCLUDED, counts
 from mbv2_search.search import load_context
 from mbv2_search.storage import open_study
-from mbv2_search.workers import start_workers
+from mbv2_search.supervisor import start_workers
 from tests.test_search import SPACE, write_study
 
 URL = os.environ.get("MBV2_TEST_POSTGRES")

@@ -23,7 +23,8 @@ from mbv2_search.ledger import EXCLUDED, counts
 from mbv2_search.model import build_model
 from mbv2_search.search import load_context
 from mbv2_search.storage import StudyMismatch, open_study
-from mbv2_search.workers import start_workers, work
+from mbv2_search.supervisor import start_workers
+from mbv2_search.workers import work
 
 SPACE = {
     "table": {
@@ -248,6 +249,11 @@ BAD_STUDIES = [
     ({"training": {"overrides": {"label_smoothing": 1.5}}}, "training.overrides.label_smoothing: got 1.5"),
     ({"training": {"overrides": {"reference_batch": 0}}}, "training.overrides.reference_batch: got 0"),
     ({"training": {"overrides": {"lr": float("nan")}}}, "training.overrides.lr: got nan"),
+    ({"training": {"devices_per_trial": 0}}, "training.devices_per_trial: got 0"),
+    (
+        {"training": {"cuda_graphs": "on", "devices_per_trial": 2}},
+        "training.devices_per_trial: got 2; with cuda_graphs 'on' allowed: 1",
+    ),
     (
         {
             "sampler": {"name": "grid"},
@@ -267,6 +273,10 @@ BAD_STUDIES = [
     ({"trainig": {}}, "trainig: unknown key 'trainig'; did you mean 'training'?"),
     ({"space": "missing.yaml"}, "space: got 'missing.yaml'; no such file"),
     ({"baselines": [{"width": 3.0}]}, "baselines[0].width: got 3.0"),
+    (
+        {"data": {"dataset": "digits", "val_fraction": 0}},
+        "data.val_fraction: got 0; allowed: a fraction strictly between 0 and 1",
+    ),
     (
         {"space": {**SPACE, "vary": {"widht": {"choices": [1.0]}}}},
         "space.vary.widht: unknown key 'widht'; did you mean 'width'?",
@@ -304,6 +314,13 @@ def test_ctrl_c_in_training_requeues_the_trial(tmp_path, monkeypatch, terminal_s
     assert finished(ctx)["complete"] == 2 and trials[1].params == first[0].params  # rerun first
 
 
+def test_a_study_validates_on_its_val_fraction(tmp_path):
+    ctx = context(tmp_path, n_trials=1, data={"dataset": "digits", "val_fraction": 0.3})
+    work(ctx)
+    attrs = open_study(ctx).get_trials()[0].user_attrs
+    assert attrs["split_sizes"] == {"train": 1069, "val": 458, "test": 270}  # 0.3 of the images outside test
+
+
 def test_status_prints_counts_and_front(tmp_path, capsys):
     path = write_study(tmp_path, n_trials=2)
     main(["run", path, "--reports", str(tmp_path / "reports")])
@@ -311,6 +328,7 @@ def test_status_prints_counts_and_front(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 complete (0 infeasible" in out and "Pareto front (val_acc, madds)" in out
     assert " ± 0.0" in out  # every trained accuracy says how noisy it is (binomial standard error)
+    assert "≈ neighbour" in out and "front points not distinguishable from a neighbour" in out
 
 
 def test_export_onnx_matches_pytorch(tmp_path):

@@ -9,7 +9,7 @@ import click
 
 from mbv2_search.arch import ArchSpec
 from mbv2_search.cli.app import UserError, cli, console
-from mbv2_search.cli.flags import arch_options
+from mbv2_search.cli.flags import arch_options, val_fraction_option
 from mbv2_search.cli.train_cmd import data_for
 from mbv2_search.datasets import DATASETS
 
@@ -21,6 +21,7 @@ from mbv2_search.datasets import DATASETS
               "state_dict (with --convention tonylins).")  # fmt: skip
 @click.option("--dataset", type=click.Choice(list(DATASETS)), default="digits", show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Local folder of the dataset (as for train).")
+@val_fraction_option
 @click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -33,6 +34,7 @@ def eval_command(
     weights_path: Path,
     dataset: str,
     data_dir: Path | None,
+    val_fraction: float | None,
     split: str,
     batch_size: int,
     device: str,
@@ -46,7 +48,7 @@ def eval_command(
     from mbv2_search.model import build_model
     from mbv2_search.weights import WeightsError, load_into, read_weights
 
-    spec, data = data_for(spec, dataset, data_dir=data_dir, device=device, workers=workers)
+    spec, data = data_for(spec, dataset, data_dir=data_dir, device=device, workers=workers, val_fraction=val_fraction)
     model = build_model(spec)
     try:
         state, layout = read_weights(weights_path)

@@ -84,6 +84,30 @@ def spec_from_flags(table_path: Path | None, given: dict[str, Any]) -> ArchSpec:
         raise UserError(f"{flag}: got {err.value!r}; allowed: {err.allowed}") from None
 
 
+def _val_fraction(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    from mbv2_search.datasets import check_val_fraction
+
+    try:
+        return None if value is None else check_val_fraction(value)
+    except ValueError as err:
+        raise UserError(f"--val-fraction: got {value!r}; {err}") from None
+
+
+def _validation_defaults() -> str:
+    from mbv2_search.datasets import DATASETS
+
+    return "; ".join(f"{d.name}: {d.validation}" for d in DATASETS.values())
+
+
+val_fraction_option = click.option(
+    "--val-fraction",
+    type=float,
+    callback=_val_fraction,
+    help="Share of the images outside the test set that validates (0 < f < 1; the test set stays the same). "
+    f"Default, each dataset's own: {_validation_defaults()}. Give a study's data.val_fraction to see its split.",
+)
+
+
 def study_context(study_file: Path, storage: str | None, *, reports: Path) -> Any:
     """A study file's validated context (lazily imported: Optuna is not needed for `cost`)."""
     from mbv2_search.search import load_context

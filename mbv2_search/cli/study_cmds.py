@@ -21,16 +21,25 @@ from mbv2_search.cli.views import SearchProgress, print_status
     type=click.IntRange(1, 256),
     help="Local worker processes (default: the study's workers:); they split the CPU cores or take one GPU each.",
 )
-def run(study_file: Path, storage: str | None, reports: Path, workers: int | None) -> None:
+@click.option(
+    "--workers-per-gpu",
+    type=click.IntRange(1, 64),
+    help="Workers on each visible GPU (default: the study's workers_per_gpu:); small candidates leave a GPU "
+    "mostly idle. A worker that runs out of GPU memory beside others re-queues its trial and is not replaced. "
+    "Overrides --workers where there are GPUs; ignored without one.",
+)
+def run(study_file: Path, storage: str | None, reports: Path, workers: int | None, workers_per_gpu: int | None) -> None:
     """Run a study to n_trials (resuming where it stopped), then print its Pareto front.
 
     Exit codes: 0 complete (or the space exhausted), 1 a failure of the environment (data, disk,
     storage) or a worker, 2 bad input, 3 trials left (timeout), 130 Ctrl-C, 143 SIGTERM; the running
     trials of an interrupted run are run again when you resume.
     """
+    from mbv2_search.errors import TrainingError
     from mbv2_search.search import check_data, finish_line
     from mbv2_search.storage import StudyMismatch, open_study
-    from mbv2_search.workers import supervise, work
+    from mbv2_search.supervisor import supervise, worker_devices
+    from mbv2_search.workers import work
 
     ctx = study_context(study_file, storage, reports=reports)
     check_data(ctx)
@@ -38,7 +47,13 @@ def run(study_file: Path, storage: str | None, reports: Path, workers: int | Non
         study = open_study(ctx)
     except StudyMismatch as err:
         raise UserError(str(err)) from None
-    workers = workers or ctx.study.workers
+    workers, per_gpu = workers or ctx.study.workers, workers_per_gpu or ctx.study.workers_per_gpu
+    training = ctx.study.training
+    try:
+        devices = worker_devices(training.device, workers, per_gpu=per_gpu, per_trial=training.devices_per_trial)
+    except TrainingError as err:
+        raise UserError(f"{study_file}: {err}") from None
+    workers = len(devices)
     view = SearchProgress(ctx, study)
     stopped, failures = "", []
     with view.progress, resumable():
@@ -47,7 +62,7 @@ def run(study_file: Path, storage: str | None, reports: Path, workers: int | Non
             stopped = work(ctx, on_event=view.on_event).stopped
         else:
             failures, stopped = supervise(
-                ctx, workers, reports_root=reports, on_tick=view.refresh, on_note=console.print
+                ctx, workers, per_gpu=per_gpu, reports_root=reports, on_tick=view.refresh, on_note=console.print
             )
         view.refresh([])
     print_status(ctx, study)
@@ -176,5 +191,6 @@ def report(study_files: tuple[Path, ...], storage: str | None, reports: Path, ou
         written = write_report(studies, study_dirs=folders, out_dir=out)
     except OSError as err:
         raise UserError(f"{err.filename or out}: cannot write the report ({err.strerror})") from None
-    for name, path in written.items():
-        console.print(f"{name}: {path}")
+    click.echo(f"wrote {len(written)} files:")  # plain lines: a long path is never wrapped
+    for path in written.values():
+        click.echo(f"  {path}")

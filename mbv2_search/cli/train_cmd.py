@@ -11,7 +11,7 @@ import click
 
 from mbv2_search.arch import ArchSpec, build_spec
 from mbv2_search.cli.app import UserError, cli, console
-from mbv2_search.cli.flags import arch_options
+from mbv2_search.cli.flags import arch_options, val_fraction_option
 from mbv2_search.datasets import DATASETS
 from mbv2_search.recipes import RECIPES
 
@@ -45,8 +45,16 @@ def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
     type=click.Path(path_type=Path),
     help="Local folder: " + "; ".join(f"{d.name}: {d.layout}" for d in DATASETS.values() if d.layout) + ".",
 )
+@val_fraction_option
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Images per step on each device: with --devices N the global batch is N times this, and the recipe's "
+    "learning rate scales with the global batch.",
+)
 @click.option(
     "--recipe",
     "recipe_name",
@@ -63,7 +71,17 @@ def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
     help="Override a recipe field, e.g. --set lr=0.1 --set label_smoothing=0.1.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N, or the GPUs of one run: cuda:2,3."
+)
+@click.option(
+    "--devices",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Train on N devices with DDP: the first N GPUs (or those --device names), or on the CPU N processes that "
+    "split the threads. Each rank evaluates the whole val and test sets.",
+)
 @click.option(
     "--precision",
     default="auto",
@@ -78,6 +96,13 @@ def _recipe(name: str, overrides: tuple[str, ...]) -> Any:
     help="auto: measured on the CPU, channels_last on GPUs.",
 )
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model.")
+@click.option(
+    "--cuda-graphs",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Replay training steps from CUDA graphs (GPUs; auto: where measured faster for this model).",
+)
 @click.option(
     "--workers", type=click.IntRange(0), default=4, show_default=True, help="DataLoader workers (imagefolder only)."
 )
@@ -97,15 +122,18 @@ def train(
     spec: ArchSpec,
     dataset: str,
     data_dir: Path | None,
+    val_fraction: float | None,
     epochs: int,
     batch_size: int,
     recipe_name: str,
     overrides: tuple[str, ...],
     seed: int,
     device: str,
+    devices: int,
     precision: str,
     memory_format: str,
     use_compile: bool,
+    cuda_graphs: str,
     workers: int,
     run_dir: Path | None,
     init_path: Path | None,
@@ -114,12 +142,20 @@ def train(
     """Train one variant (architecture flags as for `cost`) and report accuracy, time and costs."""
     import time
 
+    from mbv2_search.devices import rank_devices
     from mbv2_search.errors import TrainingError
     from mbv2_search.interrupts import SignalGuard
     from mbv2_search.train import train as run_training
 
     recipe = _recipe(recipe_name, overrides)
-    spec, data = data_for(spec, dataset, data_dir=data_dir, device=device, workers=workers)
+    try:
+        ranks = rank_devices(device, devices)
+    except TrainingError as err:
+        raise UserError(f"--{err}") from None
+    spec, data = data_for(spec, dataset, data_dir=data_dir, device=device, workers=workers, val_fraction=val_fraction)
+    if cuda_graphs == "on" and (ranks[0].type != "cuda" or len(ranks) > 1):
+        where = f"--device {device} is not a GPU" if ranks[0].type != "cuda" else f"--devices is {len(ranks)}"
+        raise UserError(f"--cuda-graphs: got 'on' but {where}; allowed there: auto, off")
     init, layout = _initial_weights(spec, init_path)
     run_dir = run_dir or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     try:
@@ -133,9 +169,11 @@ def train(
                 seed=seed,
                 run_dir=run_dir,
                 device=device,
+                devices=devices,
                 precision=precision,
                 memory_format=memory_format,
                 compile=use_compile,
+                cuda_graphs=cuda_graphs,
                 progress=not as_json,
                 init=init,
             )
@@ -161,17 +199,21 @@ def _initial_weights(spec: ArchSpec, path: Path | None) -> tuple[Any, str]:
     return state, layout
 
 
-def data_for(spec: ArchSpec, dataset: str, *, data_dir: Path | None, device: str, workers: int) -> tuple[ArchSpec, Any]:
+def data_for(
+    spec: ArchSpec, dataset: str, *, data_dir: Path | None, device: str, workers: int, val_fraction: float | None
+) -> tuple[ArchSpec, Any]:
     """The dataset on the training device, and the spec with the dataset's class count."""
     from dataclasses import replace
 
     from mbv2_search.data import DataError, load_dataset
-    from mbv2_search.devices import resolve_device
+    from mbv2_search.devices import rank_devices
     from mbv2_search.errors import TrainingError
 
     try:
-        torch_device = resolve_device(device)
-        data = load_dataset(dataset, spec.resolution, device=torch_device, data_dir=data_dir, workers=workers)
+        torch_device = rank_devices(device)[0]  # the first of a run's GPUs ('cuda:2,3') holds the data
+        data = load_dataset(
+            dataset, spec.resolution, device=torch_device, data_dir=data_dir, workers=workers, val_fraction=val_fraction
+        )
     except (DataError, TrainingError, RuntimeError) as err:
         raise UserError(str(err)) from None
     if spec.knobs.num_classes not in (None, data.num_classes):  # given (--classes or the table), and wrong
@@ -203,7 +245,8 @@ def _print_result(spec: ArchSpec, result: Any, *, dataset: str, recipe: Any, as_
         return
     console.print(
         f"val_acc {result.val_acc:.4f}  test_acc {result.test_acc:.4f}  {result.epochs} epochs in {result.train_seconds:.1f} s "
-        f"({result.train_images_per_second:,.0f} train images/s, {result.device}, {result.memory_format})\n"
+        f"({result.train_images_per_second:,.0f} train images/s, {result.device}, {result.memory_format}"
+        f"{', CUDA graphs' if result.cuda_graphs else ''})\n"
         f"{cost_.madds / 1e6:.2f} M MAdds, {cost_.params / 1e6:.3f} M params; run folder {result.run_dir}"
     )
     if init:

@@ -104,7 +104,9 @@ def _rows_joined(frame: Any) -> Any:
 
 def print_status(ctx: Any, study: Any) -> None:
     from mbv2_search.ledger import counts
-    from mbv2_search.report.analysis import pareto_mask, trials_frame
+    from mbv2_search.report.analysis import front_data, trials_frame
+    from mbv2_search.report.front_table import front_table, readable
+    from mbv2_search.space import param_names
 
     trials = study.get_trials(deepcopy=False)
     state = counts(trials)
@@ -120,15 +122,8 @@ def print_status(ctx: Any, study: Any) -> None:
     if frame.empty or not frame["eligible"].any():
         console.print("no trained trials yet")
         return
-    front = frame[pareto_mask(frame, ctx.study.objectives)].sort_values(ctx.study.objectives[-1])
-    knob_columns = [c for c in frame.columns if c in trials[0].params or any(c in t.params for t in trials)]
-    shown = _rows_joined(front[["number", *knob_columns, "madds", "params", "val_acc", "test_acc"]].copy())
-    if "val_acc_stderr" in front:  # how noisy each accuracy is (binomial standard error; absent before 0.2)
-        errors = front["val_acc_stderr"]
-        shown["val_acc"] = [
-            f"{a:.4f} ± {e:.4f}" if e is not None and e == e else f"{a:.4f}" for a, e in zip(front["val_acc"], errors)
-        ]
-    shown["madds"] = (shown["madds"] / 1e6).round(3)
-    shown["params"] = (shown["params"] / 1e6).round(3)
-    shown = shown.rename(columns={"madds": "MAdds (M)", "params": "params (M)"})
-    print_frame(shown.round(4), "table", title=f"Pareto front ({', '.join(ctx.study.objectives)}): {len(front)} trials")
+    data = front_data(ctx.study.name, frame, objectives=ctx.study.objectives, knobs=param_names(ctx.arch_file))
+    shown = _rows_joined(readable(front_table(data)))
+    title = f"Pareto front ({', '.join(ctx.study.objectives)}): {len(shown)} point" + ("" if len(shown) == 1 else "s")
+    print_frame(shown.round(4), "table", title=title)
+    console.print(data.tie_note, highlight=False)

@@ -10,7 +10,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from mbv2_search.noise import TIE_RULE, binomial_stderr
 from mbv2_search.pareto import minimised, non_dominated
+from mbv2_search.report.points import neighbour_ties, variant_knobs, variant_points
 from mbv2_search.study import OBJECTIVES
 
 TRIAL_COLUMNS = (
@@ -40,6 +42,14 @@ TRIAL_COLUMNS = (
 )
 
 
+def _stderr(attrs: dict[str, Any]) -> float | None:
+    """The stored standard error of val_acc; for trials stored without one, from split_sizes where known."""
+    stored, accuracy, sizes = attrs.get("val_acc_stderr"), attrs.get("val_acc"), attrs.get("split_sizes") or {}
+    if stored is None and accuracy is not None and sizes.get("val"):
+        return binomial_stderr(accuracy, sizes["val"])
+    return stored
+
+
 def trials_frame(trials: list[Any]) -> pd.DataFrame:
     """One row per trial: number, state, every knob (params), every cost and metric from user attrs."""
     rows = []
@@ -48,6 +58,8 @@ def trials_frame(trials: list[Any]) -> pd.DataFrame:
         row.update(t.params)
         for column in TRIAL_COLUMNS:
             row[column] = t.user_attrs.get(column)
+        row["val_acc_stderr"] = _stderr(t.user_attrs)
+        row["val_acc_history"] = t.user_attrs.get("val_acc_history")
         row["duration_s"] = (
             (t.datetime_complete - t.datetime_start).total_seconds()
             if t.datetime_complete and t.datetime_start
@@ -80,23 +92,26 @@ def pareto_mask(frame: pd.DataFrame, objectives: list[str]) -> pd.Series:
 
 
 class FrontData(NamedTuple):
-    """One study's trials with its Pareto front computed: what the accuracy-vs-cost figure draws."""
+    """One study's trials, its variants as points (seeds averaged) and their front: what a figure draws."""
 
     name: str
-    frame: pd.DataFrame
-    front_mask: pd.Series  # over frame's rows: True on the front
-    knobs: list[str]
-    objectives: list[str]
+    frame: pd.DataFrame  # every trial
+    points: pd.DataFrame  # one row per trained variant (report.points)
+    front_mask: pd.Series  # over points: True on the front
+    knobs: list[str]  # the variant's knobs (no seed)
+    objectives: list[str]  # the objectives the front is computed on
+    along: str  # the column the front is ordered and joined along
 
     @property
     def front(self) -> pd.DataFrame:
-        """The Pareto-optimal trials."""
-        return self.frame[self.front_mask]
+        """The Pareto-optimal points in order along `along`, with `ties`: the neighbours noise cannot tell apart."""
+        front = self.points[self.front_mask].sort_values([self.along, "val_acc"])
+        return front.assign(ties=pd.Series(neighbour_ties(front), index=front.index, dtype=object))
 
     @property
     def dominated(self) -> pd.DataFrame:
-        """Trained trials off the front."""
-        return self.frame[self.frame["eligible"] & ~self.front_mask] if not self.frame.empty else self.frame
+        """Trained points off the front."""
+        return self.points[~self.front_mask]
 
     @property
     def infeasible(self) -> pd.DataFrame:
@@ -105,10 +120,26 @@ class FrontData(NamedTuple):
             return self.frame
         return self.frame[(self.frame["state"] == "COMPLETE") & self.frame["feasible"].eq(False)]
 
+    @property
+    def tie_note(self) -> str:
+        """How many front points noise cannot tell from a neighbour, and by what rule."""
+        ties = self.front["ties"].astype(str)
+        unknown = int(ties.str.contains("?", regex=False).sum())
+        told = int((ties != "").sum()) - unknown
+        note = f"{told} of {len(ties)} front points not distinguishable from a neighbour ({TIE_RULE})"
+        return note + (f"; {unknown} without a stored error" if unknown else "")
 
-def front_data(name: str, frame: pd.DataFrame, *, objectives: list[str], knobs: list[str]) -> FrontData:
-    """One study's trials and its Pareto front over the given objectives."""
-    return FrontData(name, frame, pareto_mask(frame, objectives), knobs, objectives)
+
+def front_data(
+    name: str, frame: pd.DataFrame, *, objectives: list[str], knobs: list[str], along: str | None = None
+) -> FrontData:
+    """A study's variants and their Pareto front over the objectives, ordered along a cost (default: the
+    last objective): a figure's panel passes ["val_acc", cost] and the cost, to draw that cost's own front."""
+    points = variant_points(frame, knobs)
+    mask = pd.Series(False, index=points.index)
+    if len(points):
+        mask[:] = non_dominated(minimised(points, objectives))
+    return FrontData(name, frame, points, mask, variant_knobs(knobs), objectives, along or objectives[-1])
 
 
 def reference_point(frame: pd.DataFrame, objectives: list[str]) -> np.ndarray:
@@ -198,3 +229,27 @@ def width_resolution_points(frame: pd.DataFrame, knobs: list[str]) -> pd.DataFra
         .agg(madds=("madds", "first"), val_acc=("val_acc", "mean"), runs=("val_acc", "count"))
         .reset_index()
     )
+
+
+FIGURE6_KNOBS = ("bottleneck_activation", "shortcut")  # the paper's Figure 6 ablations
+
+
+def epoch_curves(frame: pd.DataFrame, knobs: list[str]) -> pd.DataFrame | None:
+    """Validation accuracy per epoch for each variant, mean and standard deviation over its seeds, from
+    each trial's val_acc_history: the paper's Figure 6 view, for studies that vary its ablation knobs."""
+    if frame.empty or not set(FIGURE6_KNOBS) & set(knobs):
+        return None
+    eligible = frame[frame["eligible"]]
+    by = [k for k in variant_knobs(knobs) if k in eligible]
+    rows = [
+        {"variant": ", ".join(f"{k}={trial[k]}" for k in by), "epoch": epoch, "val_acc": accuracy}
+        for _, trial in eligible.iterrows()
+        for epoch, accuracy in enumerate(
+            trial["val_acc_history"] if isinstance(trial["val_acc_history"], list) else [], 1
+        )
+        if accuracy is not None
+    ]
+    if not rows:
+        return None
+    grouped = pd.DataFrame(rows).groupby(["variant", "epoch"])["val_acc"]
+    return grouped.agg(mean="mean", std="std", runs="count").reset_index()

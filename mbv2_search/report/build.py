@@ -16,14 +16,16 @@ from mbv2_search.ledger import counts
 from mbv2_search.report import figures
 from mbv2_search.report.analysis import (
     FrontData,
+    epoch_curves,
     error_edf,
+    front_data,
     hypervolume_history,
-    pareto_mask,
     reference_point,
     trials_frame,
     variant_summary,
     width_resolution_points,
 )
+from mbv2_search.report.front_table import front_table, readable
 
 
 @dataclass
@@ -36,19 +38,16 @@ class StudyData:
     config: dict[str, Any]
     frame: pd.DataFrame
     counts: dict[str, int]  # search.counts of the same trials
-    front_mask: pd.Series  # analysis.pareto_mask of frame over objectives, computed once
+    front_data: FrontData  # its variants and their front over the study's objectives, computed once
+
+    def panel(self, cost: str) -> FrontData:
+        """The variants with the front of accuracy against this one cost, ordered along it (a figure's panel)."""
+        return front_data(self.name, self.frame, objectives=["val_acc", cost], knobs=self.knobs, along=cost)
 
     @property
-    def front_data(self) -> FrontData:
-        """The trials with their front, as the figures take them."""
-        return FrontData(self.name, self.frame, self.front_mask, self.knobs, self.objectives)
-
-    @property
-    def front(self) -> pd.DataFrame:
-        """The Pareto-optimal trials, cheapest first."""
-        if self.frame.empty:
-            return self.frame
-        return self.frame[self.front_mask].sort_values(self.objectives[-1])
+    def seeds(self) -> bool:
+        """Whether the space varies the seed: repeats of a variant are one point."""
+        return "seed" in self.knobs
 
 
 def study_data(
@@ -56,27 +55,8 @@ def study_data(
 ) -> StudyData:
     """Frames for one study from its Optuna trials (the report's only input from storage)."""
     frame = trials_frame(trials)
-    return StudyData(name, objectives, knobs, config, frame, counts(trials), pareto_mask(frame, objectives))
-
-
-def _front_table(data: StudyData) -> pd.DataFrame:
-    columns = ["number", *data.knobs, "madds", "params", "peak_activation_bytes", "latency_ms", "val_acc", "test_acc"]
-    front = data.front
-    return front[[c for c in columns if c in front and front[c].notna().any()]].reset_index(drop=True)
-
-
-def _readable(front: pd.DataFrame) -> pd.DataFrame:
-    """Costs in millions (KiB for memory) for people; the CSV files keep exact integers."""
-    shown = front.copy()
-    for column, scale, label in (
-        ("madds", 1e6, "MAdds (M)"),
-        ("params", 1e6, "params (M)"),
-        ("peak_activation_bytes", 1024, "peak act. (KiB)"),
-    ):
-        if column in shown:
-            shown[column] = (shown[column] / scale).round(3)
-            shown = shown.rename(columns={column: label})
-    return shown
+    front = front_data(name, frame, objectives=objectives, knobs=knobs)
+    return StudyData(name, objectives, knobs, config, frame, counts(trials), front)
 
 
 def _counts(data: StudyData) -> dict[str, int]:
@@ -101,23 +81,38 @@ def _hardware(frame: pd.DataFrame) -> str:
     return ", ".join(str(x) for x in hardware + devices) or "-"
 
 
+def _points(count: int) -> str:
+    return f"{count} point" + ("" if count == 1 else "s")
+
+
+def noise_notes(data: StudyData) -> list[str]:
+    """What the ± and the ≈ marks mean, and how seed repeats are shown."""
+    spread = "; for a mean over seeds also their spread, std / sqrt(n)" if data.seeds else ""
+    notes = [f"val_acc ± 1 standard error: binomial over the validation images{spread}", data.front_data.tie_note]
+    if data.seeds:
+        notes.append("seed repeats of a variant are one point: mean, std over its n runs; fronts use the means")
+    return notes
+
+
 def summary_markdown(data: StudyData) -> str:
     """The front and headline numbers in Markdown, fit to paste into a paper or an issue."""
-    frame = data.frame
+    frame, points = data.frame, data.front_data.points
     lines = [f"# {data.name}", ""]
-    if frame.empty or not frame["eligible"].any():
+    if points.empty:
         return "\n".join([*lines, "No trained trials yet."]) + "\n"
-    best = frame[frame["eligible"]].sort_values("val_acc", ascending=False).iloc[0]
+    best = points.sort_values("val_acc", ascending=False).iloc[0]
     total = frame["train_seconds"].fillna(0).sum()
     lines += [
         f"- objectives: {', '.join(data.objectives)}",
         "- trials: " + ", ".join(f"{v} {k}" for k, v in _counts(data).items()),
-        f"- best validation accuracy: {best['val_acc']:.4f} (trial {int(best['number'])}, {best['madds'] / 1e6:.2f} M MAdds, {best['params'] / 1e6:.3f} M params)",
-        f"- Pareto front: {len(data.front)} trials; total training time {total / 60:.1f} min on {_hardware(frame)}",
+        f"- best validation accuracy: {readable(best.to_frame().T[['val_acc', 'val_acc_err']]).iloc[0, 0]} "
+        f"(trial{'s' if best['runs'] > 1 else ''} {best['trials']}: {best['madds'] / 1e6:.2f} M MAdds, {best['params'] / 1e6:.3f} M params)",
+        f"- Pareto front: {_points(len(data.front_data.front))}; total training time {total / 60:.1f} min on {_hardware(frame)}",
+        *(f"- {note}" for note in noise_notes(data)),
         "",
         "## Pareto front",
         "",
-        _readable(_front_table(data)).to_markdown(index=False, floatfmt=".4g"),
+        readable(front_table(data.front_data)).to_markdown(index=False, floatfmt=".4g"),
         "",
     ]
     return "\n".join(lines)
@@ -137,15 +132,15 @@ def _table_html(frame: pd.DataFrame) -> str:
     )
 
 
-def build_html(studies: list[StudyData], title: str) -> str:
-    """One self-contained page: plotly's script embedded once, every figure and table after it."""
-    parts = []
+def _fronts(studies: list[StudyData]) -> str:
+    """A panel per cost, each with its own front (accuracy against that cost alone)."""
     costs = [c for c in ("madds", "params") if any(c in s.frame for s in studies)]
-    series = [s.front_data for s in studies]
-    parts.append(_section("Pareto front", "".join(_figure_html(figures.pareto_figure(series, cost)) for cost in costs)))
-    parts.append(
-        _section("Published reference (ImageNet; different data, own panel)", _figure_html(figures.reference_figure()))
-    )
+    panels = [figures.pareto_figure([s.panel(cost) for s in studies], cost) for cost in costs]
+    notes = "".join(f"<li>{html.escape(s.name)}: {html.escape('; '.join(noise_notes(s)))}</li>" for s in studies)
+    return "".join(_figure_html(f) for f in panels) + f"<ul>{notes}</ul>"
+
+
+def _hypervolume(studies: list[StudyData]) -> str:
     histories, references = [], []
     for s in studies:
         if not s.frame.empty and s.frame["eligible"].any():
@@ -155,29 +150,47 @@ def build_html(studies: list[StudyData], title: str) -> str:
                 f"{s.name}: "
                 + ", ".join(f"{'error' if o == 'val_acc' else o} {v:.4g}" for o, v in zip(s.objectives, point))
             )
-    parts.append(_section("Hypervolume", _figure_html(figures.hypervolume_figure(histories, "; ".join(references)))))
-    for s in studies:
-        knob_parts = [_figure_html(figures.knob_figure(s.frame, s.knobs))] if not s.frame.empty else []
-        points = width_resolution_points(s.frame, s.knobs) if not s.frame.empty else None
-        if points is not None:
-            knob_parts.append(_figure_html(figures.figure5(points)))
-        parts.append(_section(f"How each knob matters: {s.name}", "".join(knob_parts)))
-    parts.append(
+    return _figure_html(figures.hypervolume_figure(histories, "; ".join(references)))
+
+
+def _knobs(s: StudyData) -> str:
+    """Accuracy per knob; the Figure 5 view for width x resolution grids, Figure 6 curves for its ablations."""
+    if s.frame.empty:
+        return ""
+    parts = [_figure_html(figures.knob_figure(s.front_data.points, s.front_data.knobs))]
+    grid = width_resolution_points(s.frame, s.knobs)
+    if grid is not None:
+        parts.append(_figure_html(figures.figure5(grid)))
+    curves = epoch_curves(s.frame, s.knobs)
+    if curves is not None:
+        parts.append(_figure_html(figures.epoch_figure(curves)))
+    return "".join(parts)
+
+
+def _study(s: StudyData) -> str:
+    body = _table_html(readable(front_table(s.front_data))) if not s.frame.empty else "<p>no trials</p>"
+    if s.seeds and not s.frame.empty:
+        variants = s.front_data.knobs
+        body += "<h3>accuracy per variant over seeds</h3>" + _table_html(variant_summary(s.frame, variants))
+    counts = "".join(f"<li>{html.escape(k)}: {v}</li>" for k, v in _counts(s).items())
+    total = s.frame["train_seconds"].fillna(0).sum() if not s.frame.empty else 0
+    body += f"<ul>{counts}<li>total training time: {total / 60:.1f} min</li><li>hardware: {html.escape(_hardware(s.frame))}</li></ul>"
+    return body + f"<h3>configuration</h3><pre>{html.escape(yaml.safe_dump(s.config, sort_keys=False))}</pre>"
+
+
+def build_html(studies: list[StudyData], title: str) -> str:
+    """One self-contained page: plotly's script embedded once, every figure and table after it."""
+    parts = [
+        _section("Pareto front", _fronts(studies)),
+        _section("Published reference (ImageNet; different data, own panel)", _figure_html(figures.reference_figure())),
+        _section("Hypervolume", _hypervolume(studies)),
+        *(_section(f"How each knob matters: {s.name}", _knobs(s)) for s in studies),
         _section(
             "Error EDF",
             _figure_html(figures.edf_figure([(s.name, error_edf(s.frame)) for s in studies if not s.frame.empty])),
-        )
-    )
-    for s in studies:
-        body = _table_html(_readable(_front_table(s))) if not s.frame.empty else "<p>no trials</p>"
-        variants = [k for k in s.knobs if k != "seed"]
-        if "seed" in s.knobs and not s.frame.empty:
-            body += "<h3>accuracy per variant over seeds</h3>" + _table_html(variant_summary(s.frame, variants))
-        counts = "".join(f"<li>{html.escape(k)}: {v}</li>" for k, v in _counts(s).items())
-        total = s.frame["train_seconds"].fillna(0).sum() if not s.frame.empty else 0
-        body += f"<ul>{counts}<li>total training time: {total / 60:.1f} min</li><li>hardware: {html.escape(_hardware(s.frame))}</li></ul>"
-        body += f"<h3>configuration</h3><pre>{html.escape(yaml.safe_dump(s.config, sort_keys=False))}</pre>"
-        parts.append(_section(f"Study {s.name}", body))
+        ),
+        *(_section(f"Study {s.name}", _study(s)) for s in studies),
+    ]
     style = "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}pre{background:#f6f6f6;padding:8px}"
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
@@ -186,17 +199,19 @@ def build_html(studies: list[StudyData], title: str) -> str:
 
 
 def write_report(studies: list[StudyData], *, study_dirs: list[Path], out_dir: Path) -> dict[str, Path]:
-    """Write each study's trials.csv and pareto.csv in its folder; report.html and summary.md in out_dir."""
+    """Write each study's trials.csv and pareto.csv in its folder, report.html and summary.md in out_dir;
+    every file written, by name."""
     written = {}
     for data, folder in zip(studies, study_dirs):
         folder.mkdir(parents=True, exist_ok=True)
-        data.frame.to_csv(folder / "trials.csv", index=False)
-        _front_table(data).to_csv(folder / "pareto.csv", index=False)
         written[f"{data.name}/trials.csv"] = folder / "trials.csv"
+        data.frame.to_csv(written[f"{data.name}/trials.csv"], index=False)
+        written[f"{data.name}/pareto.csv"] = folder / "pareto.csv"
+        front_table(data.front_data).to_csv(written[f"{data.name}/pareto.csv"], index=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     title = "mbv2-search report: " + ", ".join(s.name for s in studies)
-    (out_dir / "report.html").write_text(build_html(studies, title), encoding="utf-8")
-    (out_dir / "summary.md").write_text("\n".join(summary_markdown(s) for s in studies), encoding="utf-8")
     written["report.html"] = out_dir / "report.html"
+    written["report.html"].write_text(build_html(studies, title), encoding="utf-8")
     written["summary.md"] = out_dir / "summary.md"
+    written["summary.md"].write_text("\n".join(summary_markdown(s) for s in studies), encoding="utf-8")
     return written
