@@ -135,11 +135,14 @@ def test_indexes_are_per_study_object_and_freed_with_it(tmp_path):
     assert freed() is None
 
 
-def test_ask_takes_the_queue_in_order_without_scanning_every_trial(tmp_path, monkeypatch):
-    study, other = two_workers(f"journal:{tmp_path / 'study.journal'}")
-    for resolution in (8, 12, 16):
-        study.enqueue_trial({"width": 0.5, "resolution": resolution})
-    taken = other.ask()  # another worker takes the first queued trial
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
+def test_ask_takes_the_queue_in_order_without_scanning_every_trial(tmp_path, monkeypatch, kind):
+    if storages(tmp_path)[kind] is None:
+        pytest.skip("no PostgreSQL configured: set MBV2_TEST_POSTGRES (bash scripts/with-postgres.sh starts one)")
+    study, other = two_workers(storages(tmp_path)[kind])
+    for resolution in (8, 12, 16):  # queued by another worker: this one has never read them
+        other.enqueue_trial({"width": 0.5, "resolution": resolution})
+    taken = other.ask()  # and it takes the first
     storage = private.storage_of(study)
     monkeypatch.setattr(storage, "get_all_trials", lambda *a, **k: pytest.fail("ask scanned every trial"))
     asked = [trial_index.ask(study) for _ in range(3)]
