@@ -248,13 +248,11 @@ class Evaluator:
         batch_size = self.ctx.study.training.batch_size
         if self.device.type == "cuda":
             return "channels_last"
-        shape = [self.hardware, batch_size, spec.resolution, spec.stem_channels, spec.head_channels]
-        shape.append([_block_shape(b) for b in spec.blocks])
 
         def measure() -> str:
             return "channels_last" if prefers_channels_last(spec, self.device, batch_size=batch_size) else "contiguous"
 
-        return _stored_choice(study, "memory_format", shape, measure)
+        return _stored_choice(study, "memory_format", self._shape(spec), measure)
 
     def cuda_graphs(self, study: optuna.Study, spec: ArchSpec) -> str:
         """'on' where replaying CUDA graphs trains this shape faster on this GPU (measured once, stored with
@@ -263,17 +261,23 @@ class Evaluator:
         from mbv2_search.graphs import prefers_cuda_graphs
 
         training = self.ctx.study.training
-        if self.device.type != "cuda" or training.cuda_graphs != "auto" or self.ranks > 1:  # DDP trains eagerly
-            return training.cuda_graphs if self.device.type == "cuda" and self.ranks == 1 else "off"
+        if self.device.type != "cuda" or self.ranks > 1:  # the CPU, and DDP, train eagerly
+            return "off"
+        if training.cuda_graphs != "auto":
+            return training.cuda_graphs
         precision = resolve_precision(training.precision, self.device)
-        shape = [self.hardware, training.batch_size, precision, spec.resolution, spec.stem_channels]
-        shape += [spec.head_channels, [_block_shape(b) for b in spec.blocks]]
 
         def measure() -> str:
             faster = prefers_cuda_graphs(spec, self.device, batch_size=training.batch_size, precision=precision)
             return "on" if faster else "off"
 
-        return _stored_choice(study, "cuda_graphs", shape, measure)
+        return _stored_choice(study, "cuda_graphs", [*self._shape(spec), precision], measure)
+
+    def _shape(self, spec: ArchSpec) -> list[Any]:
+        """What a measured choice depends on: the hardware, the batch and the architecture's shape (the
+        memory format's key, as 0.1.0 wrote it, so its stored choices still apply)."""
+        shape = [self.hardware, self.ctx.study.training.batch_size, spec.resolution, spec.stem_channels]
+        return [*shape, spec.head_channels, [_block_shape(b) for b in spec.blocks]]
 
 
 def _stored_choice(study: optuna.Study, name: str, shape: list[Any], measure: Any) -> str:
