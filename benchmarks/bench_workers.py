@@ -5,8 +5,10 @@
    per trial (time between trial starts) over its first and its last tenth, and their ratio: 1.0
    means a trial costs as much at the end of the study as at its start.
 2. Storage, on the journal file and on PostgreSQL, median over the trials: (a) a trained trial's
-   attribute writes as the worker and the objective make them (~30 user attributes, most through
-   ledger.set_attrs), and all its storage calls (with Optuna's ask, 3 suggestions and tell);
+   storage calls as the worker and the objective make them, in three parts and in all: ask with the
+   heartbeat's first write; 3 suggestions (Optuna's default sampler, TPE) with the candidate
+   attribute; the ~30 result attributes with tell (on a commit without the one-write calls, Optuna's
+   own calls and ledger.set_attrs, as its workers made them);
    (b) the whole trial loop with training, the fvcore count and the memory-format probe replaced
    by stubs that return at once (storage reads and writes, analytic costs: the search's own
    overhead per trained trial).
@@ -14,7 +16,7 @@
 
 PostgreSQL comes from MBV2_TEST_POSTGRES (bash scripts/with-postgres.sh starts a throwaway one).
 To compare with another commit, copy this file into a worktree of it and run it there: it uses only
-APIs that 0.2 already had.
+APIs that 0.2 already had, and the worker's newer calls where the commit has them.
 
 Usage: bash scripts/with-postgres.sh .venv/bin/python benchmarks/bench_workers.py
        [--scaling-trials 10000] [--storage-trials 40] [--trials 8] [--skip scaling,storage,throughput]
@@ -54,6 +56,15 @@ try:
     from mbv2_search.supervisor import start_workers
 except ImportError:  # 0.2, for a before/after run on it
     from mbv2_search.workers import start_workers  # type: ignore[attr-defined, no-redef]
+try:  # the worker's own calls, where this commit has them (else Optuna's, as its workers made them)
+    from mbv2_search.trial_index import ask as index_ask
+except ImportError:
+    index_ask = None  # type: ignore[assignment]
+try:
+    from mbv2_search.optuna_private import suggestions_in_one_write
+    from mbv2_search.optuna_private import tell as tell_with_attrs
+except ImportError:
+    suggestions_in_one_write = tell_with_attrs = None  # type: ignore[assignment]
 
 TABLE = yaml.safe_load((ROOT / "search_spaces" / "per_stage.yaml").read_text())["table"]  # MobileNetV2's
 BIG = {  # 24 widths x 25 resolutions x 4 depths x 4 expansions x 3 kernels x 3 = 86,400 candidates
@@ -170,27 +181,36 @@ def trained_attrs(spec: Any) -> dict[str, Any]:
     return attrs | trained
 
 
-def storage_calls_ms(url: str, trials: int) -> tuple[float, float]:
-    """Part 2a: median milliseconds of a trained trial's attribute writes (the worker's, the candidate's,
-    ~30 results through ledger.set_attrs), and of all its storage calls (with ask, 3 suggestions, tell)."""
+def storage_calls_ms(url: str, trials: int) -> dict[str, float]:
+    """Part 2a: median milliseconds of a trained trial's storage calls as a worker makes them: ask, the
+    heartbeat's first write, 3 suggestions with the candidate attribute, and the ~30 results with tell
+    (Optuna's default sampler, TPE). Commits before the one-write calls fall back to Optuna's own."""
     arch_file = ArchFile()  # MobileNetV2 1.0 at 224 px
     attrs = trained_attrs(build_spec(arch_file.knobs.to_knobs(), arch_file.to_table()))
     name = f"calls-{uuid.uuid4().hex[:8]}"
     study = optuna.create_study(study_name=name, storage=make_storage(url), directions=["maximize", "minimize"])
-    writes, totals = [], []
+    parts: dict[str, list[float]] = {"ask": [], "suggest": [], "tell": [], "all": []}
     for _ in range(trials):
         start = time.perf_counter()
-        trial = study.ask()
-        for knob in ("width", "expansion", "kernels"):
-            trial.suggest_categorical(knob, [1, 2, 3])
-        writing = time.perf_counter()
+        trial = index_ask(study) if index_ask else study.ask()
         ledger.set_attrs(study, trial_id(trial), attrs={ledger.WORKER: ledger.worker_id(), "heartbeat": time.time()})
-        trial.set_user_attr(ledger.CANDIDATE, ledger.candidate_key(trial.params))
-        ledger.set_attrs(study, trial_id(trial), attrs=attrs)
-        writes.append(time.perf_counter() - writing)
-        study.tell(trial, [0.93, attrs["madds"]])
-        totals.append(time.perf_counter() - start)
-    return statistics.median(writes) * 1000, statistics.median(totals) * 1000
+        asked = time.perf_counter()
+        with suggestions_in_one_write(trial) if suggestions_in_one_write else contextlib.nullcontext({}) as held:
+            for knob in ("width", "expansion", "kernels"):
+                trial.suggest_categorical(knob, [1, 2, 3])
+            held[ledger.CANDIDATE] = ledger.candidate_key(trial.params)
+        if not suggestions_in_one_write:
+            trial.set_user_attr(ledger.CANDIDATE, held[ledger.CANDIDATE])
+        suggested = time.perf_counter()
+        if tell_with_attrs:
+            tell_with_attrs(study, trial, attrs=attrs, values=[0.93, attrs["madds"]])
+        else:
+            ledger.set_attrs(study, trial_id(trial), attrs=attrs)
+            study.tell(trial, [0.93, attrs["madds"]])
+        end = time.perf_counter()
+        for part, seconds in zip(parts, (asked - start, suggested - asked, end - suggested, end - start)):
+            parts[part].append(seconds)
+    return {part: statistics.median(seconds) * 1000 for part, seconds in parts.items()}
 
 
 def trial_loop_ms(folder: Path, url: str | None, trials: int) -> float:
@@ -215,13 +235,18 @@ def trials_per_hour(folder: Path, url: str | None, workers: int, trials: int) ->
 
 
 def print_storage(folder: Path, backends: list[tuple[str, str | None]], trials: int) -> None:
-    print(f"\nStorage: a trained trial, median of {trials} trials: its ~30 attribute writes and all its storage")
-    print("calls (2a), and the whole trial loop with training stubbed (2b: storage reads and writes, analytic costs)\n")
-    print("| storage | 2a: attribute writes (ms) | 2a: all storage calls (ms) | 2b: trial loop (ms) |")
-    print("|---|---:|---:|---:|")
+    print(f"\nStorage: a trained trial, median of {trials} trials: its storage calls as a worker makes them (2a:")
+    print("ask with the heartbeat's first write; 3 suggestions with the candidate; ~30 results with tell; all),")
+    print("and the whole trial loop with training stubbed (2b: storage reads and writes, analytic costs)\n")
+    print(
+        "| storage | 2a: ask (ms) | 2a: suggestions (ms) | 2a: results + tell (ms) | 2a: all (ms) | 2b: trial loop (ms) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for label, url in backends:
-        writes, calls = storage_calls_ms(url or f"journal:{folder / 'calls.journal'}", trials)
-        print(f"| {label} | {writes:.1f} | {calls:.1f} | {trial_loop_ms(folder, url, trials):.1f} |", flush=True)
+        calls = storage_calls_ms(url or f"journal:{folder / 'calls.journal'}", trials)
+        loop = trial_loop_ms(folder, url, trials)
+        row = " | ".join(f"{calls[part]:.1f}" for part in ("ask", "suggest", "tell", "all"))
+        print(f"| {label} | {row} | {loop:.1f} |", flush=True)
 
 
 def print_throughput(folder: Path, backends: list[tuple[str, str | None]], trials: int) -> None:

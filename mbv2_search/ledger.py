@@ -14,9 +14,11 @@ import json
 import os
 import socket
 import time
+import weakref
 from collections import ChainMap
 from collections.abc import Container
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import optuna
@@ -29,6 +31,7 @@ EXCLUDED = "excluded"  # user attr on trials that do not count: interrupted, sta
 DUPLICATE = "duplicate_of"  # user attr on trials whose candidate an earlier trial evaluated (its number)
 WORKER = "worker"  # user attr: the process running the trial (host:pid-namespace:pid)
 CANDIDATE = "candidate"  # user attr written once a trial's knobs are suggested (duplicate look-ups wait for it)
+RETRAINED = "retrained:"  # study user attr prefix, one per retrained front point of a one-shot study (oneshot.py)
 SAMPLING_GRACE = 10  # times the heartbeat grace, for a trial whose sampler is still choosing (no heartbeat yet)
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 
@@ -102,6 +105,21 @@ def held_before(study: optuna.Study, number: int) -> int:
         return finished + sum(t.number < number for t in _counted_running(index))
 
 
+def surplus(study: optuna.Study, number: int, n_trials: int) -> bool:
+    """Whether counted trials numbered below `number`, finished or running, hold every slot of n_trials.
+
+    Read again only where the last look leaves it possible: of the trials it saw, finished ones stay
+    as they were, running ones can only stop counting and queued ones start; any other trial below
+    `number` is new. Most trials are far from the last slot and need no read.
+    """
+    with look(study, refresh=False) as index:
+        unseen = max(0, number - index.size)
+        most = len(_tally(index).numbers) + len(_counted_running(index)) + len(index.waiting()) + unseen
+        if most < n_trials:
+            return False
+    return held_before(study, number) >= n_trials
+
+
 class Seen(NamedTuple):
     """The candidates of counted trials (finished or running), and how many trials the study has."""
 
@@ -114,6 +132,17 @@ def seen(study: optuna.Study) -> Seen:
     with look(study) as index:
         running = {candidate_key(t.params): t for t in _counted_running(index)}
         return Seen(ChainMap(running, _tally(index).first), index.size)
+
+
+def evaluated(attrs: dict[str, Any]) -> bool:
+    """Whether a trial measured its candidate's accuracy: trained, or inherited from a supernet (one-shot)."""
+    return attrs.get("trained") is True or attrs.get("inherited") is True
+
+
+def eligible(trial: FrozenTrial) -> bool:
+    """Whether a trial is a point of the study's front: complete, its accuracy measured, counted once
+    (report.analysis applies the same rule to a trials frame)."""
+    return trial.state == TrialState.COMPLETE and evaluated(trial.user_attrs) and counted(trial)
 
 
 def outcome(trial: FrozenTrial) -> str:
@@ -189,18 +218,25 @@ def worker_id(pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{namespace}:{pid or os.getpid()}"
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
 def _worker_gone(trial: FrozenTrial) -> bool:
-    """The trial's worker ran on this host, in this pid namespace, and that process no longer exists."""
+    """The trial's worker ran on this host, in this pid namespace, and that process no longer runs."""
     host, _, pid = str(trial.user_attrs.get(WORKER, "")).rpartition(":")
     if not pid.isdigit() or host != worker_id().rpartition(":")[0] or int(pid) == os.getpid():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+    return not process_alive(int(pid))
 
 
 def requeue(study: optuna.Study, trial_id: int, *, reason: str) -> None:
@@ -258,25 +294,45 @@ def _stale(index: TrialIndex, grace_seconds: float) -> list[tuple[FrozenTrial, s
         beat = t.user_attrs.get("heartbeat")
         since = beat or (t.datetime_start.timestamp() if t.datetime_start else now)
         if _worker_gone(t):
-            stale.append((t, f"stale: its worker ({t.user_attrs[WORKER]}) is gone"))
+            stale.append((t, _gone(t.user_attrs[WORKER])))
         elif now - since > grace_seconds * (1 if beat else SAMPLING_GRACE):
             stale.append((t, "stale: its worker stopped sending heartbeats"))
     return stale
 
 
+def _gone(worker: str) -> str:
+    return f"stale: its worker ({worker}) is gone"
+
+
 def requeue_worker(study: optuna.Study, pid: int, *, reason: str) -> list[int]:
-    """Re-queue the RUNNING trials of one local worker process (the parent saw it exit)."""
+    """Re-queue the RUNNING trials of one local worker process (the parent saw it exit); returns them with
+    those another worker re-queued first (it may see the dead worker before its parent does)."""
     me = worker_id(pid)
     with look(study) as index:
-        running = index.running()
+        held = [t for t in index.with_attr(WORKER) if t.user_attrs[WORKER] == me]
     out = []
-    for t in running:
-        if t.user_attrs.get(WORKER) == me:
+    for t in held:
+        if t.state == TrialState.RUNNING:
             requeue(study, private.trial_id(t), reason=reason)
-            out.append(t.number)
+        elif t.user_attrs.get(EXCLUDED) != _gone(me):
+            continue
+        out.append(t.number)
     return out
 
 
 def set_attrs(study: optuna.Study, trial_id: int, *, attrs: dict[str, Any]) -> None:
     """Write several user attributes of a trial, in one storage write."""
     private.set_trial_attrs(study, trial_id, attrs=attrs)
+
+
+_AT_TELL: weakref.WeakKeyDictionary[optuna.Trial, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def set_attrs_at_tell(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """User attributes the worker writes with the trial's outcome, in the same storage write (workers.run_trial)."""
+    _AT_TELL.setdefault(trial, {}).update(attrs)
+
+
+def attrs_at_tell(trial: optuna.Trial) -> dict[str, Any]:
+    """The user attributes set_attrs_at_tell held for the trial (taken: a second call returns none)."""
+    return _AT_TELL.pop(trial, {})

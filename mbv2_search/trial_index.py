@@ -114,17 +114,25 @@ _INDEXES_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def look(study: optuna.Study) -> Iterator[TrialIndex]:
-    """The study's index brought up to date, held for the block (keep the block short: no sleeping in it)."""
-    with _INDEXES_LOCK:
-        index = _INDEXES.get(study) or _INDEXES.setdefault(study, TrialIndex())
+def look(study: optuna.Study, *, refresh: bool = True) -> Iterator[TrialIndex]:
+    """The study's index brought up to date (or as the last look left it), held for the block (keep the
+    block short: no sleeping in it)."""
+    index = _index(study)
     with index.lock:
-        index.refresh(study)
+        if refresh:
+            index.refresh(study)
         yield index
 
 
-def ask(study: optuna.Study) -> optuna.Trial:
-    """study.ask(): the next queued trial (the earliest that no other worker took first), or a new one."""
-    with look(study) as index:
+def _index(study: optuna.Study) -> TrialIndex:
+    with _INDEXES_LOCK:
+        return _INDEXES.get(study) or _INDEXES.setdefault(study, TrialIndex())
+
+
+def ask(study: optuna.Study, *, refresh: bool = True) -> optuna.Trial:
+    """study.ask(): the next queued trial (the earliest that no other worker took first), or a new one.
+    refresh=False takes the queue as the last look saw it (a caller that looked a moment ago saves a
+    read; a trial queued since is taken at the next ask)."""
+    with look(study, refresh=refresh) as index:
         waiting = [private.trial_id(t) for t in index.waiting()]
     return private.ask(study, waiting=waiting)

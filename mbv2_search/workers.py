@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from mbv2_search import ledger, space, trial_index
 from mbv2_search import optuna_private as private
@@ -27,7 +27,7 @@ class Heartbeat:
     every live worker keeps watch)."""
 
     def __init__(self, trial: optuna.Trial, seconds: float) -> None:
-        self.trial, self.seconds = trial, seconds
+        self.trial, self.study, self.seconds = trial, trial.study, seconds
         self.stop_event = threading.Event()
         ledger.set_attrs(
             trial.study, private.trial_id(trial), attrs={ledger.WORKER: ledger.worker_id(), "heartbeat": time.time()}
@@ -39,7 +39,7 @@ class Heartbeat:
         while not self.stop_event.wait(self.seconds):
             with contextlib.suppress(Exception):  # a storage hiccup must not kill training; the next beat retries
                 self.trial.set_user_attr("heartbeat", time.time())
-                ledger.recover_stale(self.trial.study, 3 * self.seconds)
+                ledger.recover_stale(self.study, 3 * self.seconds)
 
     def stop(self) -> None:
         """Stop beating."""
@@ -85,10 +85,12 @@ def _candidate_failures() -> tuple[type[BaseException], ...]:
     return (TrainingDiverged, TrainingOutOfMemory, ArchError)
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, **outcome: Any) -> None:
-    """Finish the trial, unless another worker took it over meanwhile (its heartbeat looked stale)."""
+def _tell(study: optuna.Study, trial: optuna.Trial, *, attrs: dict[str, Any], **outcome: Any) -> FrozenTrial | None:
+    """Finish the trial, its user attributes in the same write, unless another worker took it over meanwhile
+    (its heartbeat looked stale); the trial as stored."""
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-        study.tell(trial, skip_if_finished=True, **outcome)
+        return private.tell(study, trial, attrs=attrs, **outcome)
+    return None
 
 
 def run_trial(
@@ -99,8 +101,9 @@ def run_trial(
     guard: SignalGuard,
     report: WorkerReport,
     heartbeat_seconds: float,
-) -> None:
-    """Evaluate one trial and record its outcome; interruptions and environment failures re-queue it."""
+) -> FrozenTrial | None:
+    """Evaluate one trial and record its outcome (its attributes in the same write); interruptions and
+    environment failures re-queue it. Returns the trial as stored, or None where it was not told."""
     from mbv2_search.objective import DuplicateCandidate
 
     heartbeat = None
@@ -109,31 +112,33 @@ def run_trial(
         with guard.interruptible():
             values = evaluate(trial)
     except DuplicateCandidate as duplicate:
-        trial.set_user_attr(ledger.DUPLICATE, duplicate.original)
-        _tell(study, trial, state=TrialState.FAIL)
+        told = _tell(study, trial, attrs={ledger.DUPLICATE: duplicate.original}, state=TrialState.FAIL)
         report.duplicates, report.streak = report.duplicates + 1, report.streak + 1
-        return
+        return told
     except optuna.TrialPruned:
-        _tell(study, trial, state=TrialState.PRUNED)
+        told = _tell(study, trial, attrs=ledger.attrs_at_tell(trial), state=TrialState.PRUNED)
         report.pruned += 1
     except _candidate_failures() as err:
-        trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
-        _tell(study, trial, state=TrialState.FAIL)
+        told = _tell(study, trial, attrs={"fail_reason": f"{type(err).__name__}: {err}"}, state=TrialState.FAIL)
         report.failed += 1
     except optuna.exceptions.UpdateFinishedTrialError:  # another worker re-queued it: our heartbeat looked stale
-        return
+        return None
     except BaseException as err:  # a signal, the data, the disk, the storage, a bug: never counted, run again
         why = f"interrupted by {err}" if isinstance(err, Interrupted) else f"{type(err).__name__}: {err}"
+        with contextlib.suppress(Exception):  # what the objective had measured, as if it came before the signal
+            ledger.set_attrs(study, private.trial_id(trial), attrs=ledger.attrs_at_tell(trial))
         with contextlib.suppress(Exception):  # the storage may be what failed; then the trial goes stale
             ledger.requeue(study, private.trial_id(trial), reason=f"{why}; it runs again on resume")
         raise
     else:
-        _tell(study, trial, values=values)
+        told = _tell(study, trial, attrs=ledger.attrs_at_tell(trial), values=values)
         report.ran += 1
     finally:
+        ledger.attrs_at_tell(trial)  # none left held, whatever happened
         if heartbeat is not None:
             heartbeat.stop()
     report.streak = 0
+    return told
 
 
 def _nudge(ctx: Context, study: optuna.Study) -> None:
@@ -185,11 +190,13 @@ def work(
             if step:
                 report.stopped = "" if step == "done" else step
                 break
-            if size is not None and report.streak >= 2 and ctx.study.sampler.name != "grid":
+            nudged = size is not None and report.streak >= 2 and ctx.study.sampler.name != "grid"
+            if nudged:
                 _nudge(ctx, study)
             guard.check()
-            trial = trial_index.ask(study)  # Optuna's ask scans every trial for the queue
-            if ledger.held_before(study, trial.number) >= n_trials:
+            # Optuna's ask scans every trial for the queue; _next_step just looked (unless a nudge queued one)
+            trial = trial_index.ask(study, refresh=nudged)
+            if ledger.surplus(study, trial.number, n_trials):  # reads only near the last slot
                 # other workers took the last slots between our count and our ask: give this one back
                 ledger.requeue(
                     study, private.trial_id(trial), reason="surplus: earlier trials hold every slot of n_trials"
@@ -197,9 +204,9 @@ def work(
                 continue
             if on_event:
                 on_event("start", trial)
-            run_trial(study, trial, evaluate=evaluate, guard=guard, report=report, heartbeat_seconds=beat)
+            told = run_trial(study, trial, evaluate=evaluate, guard=guard, report=report, heartbeat_seconds=beat)
             if on_event:
-                on_event("end", private.storage_of(study).get_trial(private.trial_id(trial)))
+                on_event("end", told or private.storage_of(study).get_trial(private.trial_id(trial)))
     return report
 
 

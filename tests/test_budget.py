@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -209,6 +210,22 @@ def test_an_interrupted_clean_up_is_finished_by_the_next_worker(tmp_path):
     assert [t.state for t in trials[:2]] == [TrialState.FAIL, TrialState.FAIL]
     retries = sorted(t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs)
     assert retries == [0, 1]  # one retry each, none twice
+
+
+def test_a_dead_workers_trial_is_named_by_its_parent_when_a_sibling_requeued_it_first(tmp_path):
+    study = open_study(context(tmp_path, n_trials=2))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    width = {"width": optuna.distributions.CategoricalDistribution([0.5, 1.0])}
+    for pid in (dead.pid, os.getpid()):  # the dead worker's trial, and a live one's
+        trial = study.ask(width)
+        trial.set_user_attr(ledger.CANDIDATE, "chosen")
+        trial.set_user_attr(ledger.WORKER, ledger.worker_id(pid))
+    assert ledger.recover_stale(study, grace_seconds=3600) == [0]  # a sibling worker saw it first
+    assert ledger.requeue_worker(study, dead.pid, reason="worker was killed by SIGKILL") == [0]
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert ledger.requeue_worker(study, os.getpid() + 10**6, reason="never ran") == []
 
 
 def test_data_dir_is_relative_to_the_study_file(tmp_path, monkeypatch):

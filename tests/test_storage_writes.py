@@ -81,3 +81,86 @@ def test_attributes_reach_an_rdb_in_one_transaction(tmp_path, kind):
     study.tell(trial, state=TrialState.FAIL)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         ledger.set_attrs(study, private.trial_id(trial), attrs={"late": 1})
+
+
+def a_trial_as_workers_record_it(study: optuna.Study, *, one_write: bool) -> None:
+    """Ask, suggest, attributes and tell: through the one-write calls, or through Optuna's own one at a time."""
+    from mbv2_search import trial_index
+
+    trial = trial_index.ask(study) if one_write else study.ask()
+    results = {"val_acc": 0.9, "trained": True, "history": [0.5, 0.9]}
+    if one_write:
+        with private.suggestions_in_one_write(trial) as attrs:
+            for name, distribution in SPACE.items():
+                trial.suggest_categorical(name, distribution.choices)
+            attrs[ledger.CANDIDATE] = ledger.candidate_key(trial.params)
+        private.tell(study, trial, attrs=results, values=[0.9, 1.0])
+    else:
+        for name, distribution in SPACE.items():
+            trial.suggest_categorical(name, distribution.choices)
+        trial.set_user_attr(ledger.CANDIDATE, ledger.candidate_key(trial.params))
+        ledger.set_attrs(study, private.trial_id(trial), attrs=results)
+        study.tell(trial, [0.9, 1.0])
+
+
+def stored(url: str, name: str) -> list[tuple]:
+    """What Optuna reads back from a fresh storage object (as its CLI and optuna-dashboard do)."""
+    study = optuna.load_study(study_name=name, storage=make_storage(url))
+    fields = ("number", "state", "values", "params", "distributions", "user_attrs", "system_attrs")
+    return [tuple(getattr(t, f) for f in fields) for t in study.get_trials()]
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
+def test_one_write_calls_store_what_optunas_own_calls_store(tmp_path, kind):
+    url = storages(tmp_path)[kind]
+    if url is None:
+        pytest.skip("no PostgreSQL configured: set MBV2_TEST_POSTGRES (bash scripts/with-postgres.sh starts one)")
+    names = []
+    for one_write in (False, True):
+        name = f"same-{uuid.uuid4().hex[:8]}"
+        sampler = optuna.samplers.TPESampler(seed=3, n_startup_trials=2)  # reads every trial at each suggestion
+        study = optuna.create_study(
+            study_name=name, storage=make_storage(url), sampler=sampler, directions=["maximize", "minimize"]
+        )
+        study.enqueue_trial({"width": 1.0, "resolution": 8}, user_attrs={"retry_of": 0})
+        for _ in range(5):
+            a_trial_as_workers_record_it(study, one_write=one_write)
+        names.append(name)
+    assert stored(url, names[0]) == stored(url, names[1])
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_trials_parameters_and_its_outcome_take_one_transaction_each(tmp_path, kind):
+    from sqlalchemy import event
+
+    url = storages(tmp_path)[kind]
+    if url is None:
+        pytest.skip("no PostgreSQL configured: set MBV2_TEST_POSTGRES (bash scripts/with-postgres.sh starts one)")
+    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=1)
+    study = optuna.create_study(storage=make_storage(url), sampler=sampler, directions=["maximize", "minimize"])
+    a_trial_as_workers_record_it(study, one_write=True)
+    trial = private.ask(study, waiting=[])
+    engine = private.storage_of(study)._backend.engine
+    commits: list[float] = []
+    event.listen(engine, "commit", lambda conn: commits.append(time.time()))
+    with private.suggestions_in_one_write(trial) as attrs:
+        for name, distribution in SPACE.items():
+            trial.suggest_categorical(name, distribution.choices)
+        attrs[ledger.CANDIDATE] = ledger.candidate_key(trial.params)
+    assert len(commits) == 2  # TPE's one read of the study's trials, then one write (Optuna: a read and a write each)
+    told = private.tell(study, trial, attrs={f"attr{i}": i for i in range(30)}, values=[0.5, 2.0])
+    assert (
+        len(commits) == 4
+    )  # tell's read of the trial, then one write (Optuna: 30 writes, tell's two reads and its write)
+    assert told == study.get_trials()[-1]  # as stored, without reading it again
+
+
+def test_a_trial_this_process_created_is_the_trial_optuna_would_read(tmp_path):
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path / 'study.db'}"))
+    mine = private.ask(study, waiting=[])  # not read back
+    theirs = optuna.Trial(study, private.trial_id(mine))  # Trial.__init__ reads it
+    assert vars(mine).keys() == vars(theirs).keys()
+    assert {k: v for k, v in vars(mine).items() if k != "_cached_frozen_trial"} == {
+        k: v for k, v in vars(theirs).items() if k != "_cached_frozen_trial"
+    }
+    assert mine._cached_frozen_trial == theirs._cached_frozen_trial

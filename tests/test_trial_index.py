@@ -51,6 +51,10 @@ def finish(study: optuna.Study, trial: optuna.Trial, rng: random.Random) -> None
 
 def check_against_full_scans(study: optuna.Study) -> None:
     trials = study.get_trials(deepcopy=False)
+    for number in range(len(trials) + 1):  # first, from an index the other worker's changes left stale
+        earlier = ledger.budget(trials, below=number)
+        for n_trials in range(max(1, earlier.done + earlier.running - 1), earlier.done + earlier.running + 2):
+            assert ledger.surplus(study, number, n_trials) == (earlier.done + earlier.running >= n_trials)
     assert ledger.spent(study) == ledger.budget(trials)
     for number in range(len(trials) + 1):
         earlier = ledger.budget(trials, below=number)
