@@ -142,10 +142,7 @@ class DeviceBatches:
         """To float, normalized, at the candidate's resolution, augmented when training."""
         batch = batch.float() / self.data.pixel_max if batch.dtype == torch.uint8 else batch.float()
         batch = (batch - self.mean) / self.std
-        if batch.shape[-1] != self.data.resolution:
-            batch = F.interpolate(
-                batch, size=self.data.resolution, mode=INTERPOLATION, antialias=self.data.antialias, align_corners=False
-            )
+        batch = resize(batch, self.data.resolution, antialias=self.data.antialias)
         if self.train:
             batch = self._augment(batch)
         if batch.shape[1] == 1:
@@ -162,6 +159,14 @@ class DeviceBatches:
             flip = torch.rand(len(batch), device=device, generator=self.augmentation) < 0.5
             batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
         return batch
+
+
+def resize(batch: torch.Tensor, resolution: int, *, antialias: bool) -> torch.Tensor:
+    """A batch of square images at another side length: the one resize of the tensor loaders (and of the
+    supernet's members), bilinear on pixel centres as PIL; unchanged where it has that size already."""
+    if batch.shape[-1] == resolution:
+        return batch
+    return F.interpolate(batch, size=resolution, mode=INTERPOLATION, antialias=antialias, align_corners=False)
 
 
 def random_translate(batch: torch.Tensor, shift: int, *, generator: torch.Generator) -> torch.Tensor:
@@ -210,7 +215,7 @@ def load_digits(resolution: int, device: torch.device, *, val_fraction: float | 
     the test set), resized once to the resolution."""
     source_images, source_labels = _digits_source()
     images = torch.tensor(source_images, dtype=torch.float32).unsqueeze(1) / DIGITS_MAX
-    images = F.interpolate(images, size=resolution, mode=INTERPOLATION, antialias=DIGITS_ANTIALIAS, align_corners=False)
+    images = resize(images, resolution, antialias=DIGITS_ANTIALIAS)
     labels = torch.tensor(source_labels, dtype=torch.long)
     train, val, test = (
         Split(images[i].to(device), labels[i].to(device))

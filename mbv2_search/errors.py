@@ -34,10 +34,16 @@ def _storage_error(err: BaseException) -> bool:
     return isinstance(err, (optuna.exceptions.StorageInternalError, OperationalError, DBAPIError))
 
 
+class NoSupernet(RuntimeError):
+    """A worker of a one-shot study found no trained supernet (`run` trains it before the search)."""
+
+
 def environment_message(err: BaseException) -> str | None:
     """One line for a failure of the environment, or None when the error is not one."""
     from mbv2_search.journal import JournalCorrupt
 
+    if isinstance(err, NoSupernet):
+        return str(err)
     if isinstance(err, (DataError, JournalCorrupt)):
         # raised in a DataLoader worker, it comes back with that worker's traceback: keep its last line
         text = str(err).strip()

@@ -11,7 +11,7 @@ from mbv2_search import ledger, space
 from mbv2_search.arch import build_spec
 from mbv2_search.cost import fvcore_count
 from mbv2_search.preprocessing import INPUT_NAME, OUTPUT_NAME
-from mbv2_search.search import Context
+from mbv2_search.search import Context, load_data
 from mbv2_search.storage import open_study
 from mbv2_search.weights import from_checkpoint
 
@@ -42,6 +42,23 @@ def _source(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> optuna.tria
 def _checkpoint(ctx: Context, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Path | None:
     path = _stored_path(ctx, _source(study, trial))
     return path if path is not None and path.is_file() else None
+
+
+def _weights(ctx: Context, study: optuna.Study, trial: optuna.trial.FrozenTrial, written: dict) -> dict | None:
+    """The trial's trained weights (its checkpoint; a one-shot trial's retrained or inherited ones), or None."""
+    import torch
+
+    from mbv2_search.ledger import evaluated
+
+    if ctx.study.strategy == "one-shot" and evaluated(trial.user_attrs):
+        from mbv2_search.oneshot import trial_weights
+
+        weights, written["weights_from"] = trial_weights(ctx, study, trial)
+        return weights
+    checkpoint = _checkpoint(ctx, study, trial)
+    if checkpoint is None:
+        return None
+    return from_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=True))
 
 
 def _why_no_weights(ctx: Context, trial: optuna.trial.FrozenTrial) -> str:
@@ -82,9 +99,8 @@ def export_trial(ctx: Context, number: int, *, out_dir: Path | None = None, onnx
     }
     table_path.write_text(yaml.safe_dump(document, sort_keys=False))
     written: dict[str, Any] = {"table": str(table_path)}
-    checkpoint = _checkpoint(ctx, study, trial)
-    if checkpoint is not None:
-        weights = from_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    weights = _weights(ctx, study, trial, written)
+    if weights is not None:
         weights_path = out_dir / f"trial-{number:05d}.pt"
         torch.save(weights, weights_path)
         written["weights"] = str(weights_path)
@@ -108,18 +124,7 @@ def _preprocessing(ctx: Context, resolution: int) -> dict[str, Any]:
     (digits' mean and std are measured on its training split)."""
     import torch
 
-    from mbv2_search.data import load_dataset
-
-    config = ctx.study.data
-    data = load_dataset(
-        config.dataset,
-        resolution,
-        device=torch.device("cpu"),
-        data_dir=config.dir,
-        workers=0,
-        val_fraction=config.val_fraction,
-    )
-    return data.preprocessing()
+    return load_data(ctx, resolution, torch.device("cpu"), workers=0).preprocessing()
 
 
 def knobs_from_document(document: dict[str, Any]) -> Any:

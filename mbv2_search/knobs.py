@@ -42,6 +42,7 @@ class KnobInfo:
     cost: Literal["rises", "falls", "none"] = "rises"  # how MAdds move as the value grows (space.py)
     flag: str = ""  # CLI flag when not --<name-with-dashes>; '/' gives an on/off pair
     since: str = "0.1.0"  # the version that added it: a later knob left at its default leaves the fingerprint alone
+    elastic: str = ""  # how a one-shot supernet's sub-networks take it (elastic.py); "": it cannot vary there
 
     def allowed(self) -> str:
         """What a value may be, in words, for error messages."""
@@ -94,10 +95,23 @@ class Knobs:
     """The scaling knobs applied to a base table; every field has the paper's default."""
 
     width: float = knob(
-        1.0, help="Width multiplier (paper: 0.35..1.4).", kind=float, low=0, high=4, low_open=True, searchable=True
+        1.0,
+        help="Width multiplier (paper: 0.35..1.4).",
+        kind=float,
+        low=0,
+        high=4,
+        low_open=True,
+        searchable=True,
+        elastic="the first channels of every layer",
     )
     resolution: int = knob(
-        224, help="Input resolution in pixels (paper: 96..224).", kind=int, low=1, high=2048, searchable=True
+        224,
+        help="Input resolution in pixels (paper: 96..224).",
+        kind=int,
+        low=1,
+        high=2048,
+        searchable=True,
+        elastic="the input size",
     )
     expansion: PerRow = knob(
         None,
@@ -107,10 +121,18 @@ class Knobs:
         high=32,
         per_row=True,
         searchable=True,
+        elastic="the first channels of the hidden width",
         optional=True,
     )
     depth: float = knob(
-        1.0, help="Depth multiplier on each row's repeats n.", kind=float, low=0, high=8, low_open=True, searchable=True
+        1.0,
+        help="Depth multiplier on each row's repeats n.",
+        kind=float,
+        low=0,
+        high=8,
+        low_open=True,
+        searchable=True,
+        elastic="the first blocks of each row",
     )
     depth_rounding: str = knob(
         "ceil", help="Rounding of scaled repeats.", kind=str, choices=("ceil", "round"), cost="none"
@@ -148,6 +170,7 @@ class Knobs:
         choices=KERNELS,
         per_row=True,
         searchable=True,
+        elastic="the centre of the largest kernel",
         optional=True,
     )
     row_widths: PerRow = knob(
@@ -159,6 +182,7 @@ class Knobs:
         low_open=True,
         per_row=True,
         searchable=True,
+        elastic="the first channels of the row's layers",
         optional=True,
         since="0.2.0",
     )
@@ -170,6 +194,7 @@ class Knobs:
         high=32,
         per_row=True,
         searchable=True,
+        elastic="the first blocks of each row",
         optional=True,
         since="0.2.0",
     )
@@ -180,6 +205,7 @@ class Knobs:
         low=0,
         high=1,
         searchable=True,
+        elastic="the first channels of the squeeze",
         since="0.2.0",
     )
     num_classes: int | None = knob(

@@ -16,7 +16,7 @@ from mbv2_search import optuna_private as private
 from mbv2_search.arch import ArchSpec, Block, build_spec, table_rows
 from mbv2_search.cost import costs
 from mbv2_search.datasets import DATASETS
-from mbv2_search.search import Context
+from mbv2_search.search import Context, load_data
 
 
 class DuplicateCandidate(Exception):
@@ -79,6 +79,11 @@ class Evaluator:
         self.trial_device = ",".join(map(str, ranks)) if self.device.type == "cuda" else str(self.device)
         self.hardware = hardware_name(self.device)  # after the worker set its thread count
         self._data: dict[int, Any] = {}
+        self._supernet: Any = None  # one-shot studies: the trained supernet, loaded once per worker
+        if ctx.study.strategy == "one-shot":
+            from mbv2_search.oneshot import load_supernet
+
+            self._supernet = load_supernet(ctx, self.device)  # now: a missing one stops the worker before a trial
 
     def _latency_table(self) -> Any:
         """The study's latency table (a path relative to the study file), loaded once."""
@@ -92,28 +97,17 @@ class Evaluator:
         return self._table
 
     def _dataset(self, resolution: int) -> Any:
-        from mbv2_search.data import load_dataset
-
-        if resolution not in self._data:
-            config = self.ctx.study.data
-            self._data = {
-                resolution: load_dataset(
-                    config.dataset,
-                    resolution,
-                    device=self.device,
-                    data_dir=config.dir,
-                    workers=config.workers,
-                    val_fraction=config.val_fraction,
-                )
-            }
+        if resolution not in self._data:  # one resolution kept at a time: a dataset can be large
+            self._data = {resolution: load_data(self.ctx, resolution, self.device)}
         return self._data[resolution]
 
     def candidate(self, trial: optuna.Trial) -> tuple[ArchSpec, int]:
         """The trial's architecture and training seed; raises DuplicateCandidate for a repeated one."""
         study = self.ctx.study
-        knobs = space.suggest_knobs(trial, self.ctx.arch_file)
-        seed = space.suggest_seed(trial, self.ctx.arch_file, default=study.training.seed)
-        trial.set_user_attr(ledger.CANDIDATE, ledger.candidate_key(trial.params))
+        with private.suggestions_in_one_write(trial) as attrs:  # Optuna writes each parameter on its own
+            knobs = space.suggest_knobs(trial, self.ctx.arch_file)
+            seed = space.suggest_seed(trial, self.ctx.arch_file, default=study.training.seed)
+            attrs[ledger.CANDIDATE] = ledger.candidate_key(trial.params)  # with the parameters, in one write
         wait = 3 * study.heartbeat_seconds * ledger.SAMPLING_GRACE  # until an earlier trial's sampler is done or stale
         twin = ledger.earlier_twin(trial.study, trial.number, params=trial.params, wait_seconds=wait)
         if twin is not None:  # samplers re-propose points; parallel workers propose the same ones
@@ -153,8 +147,10 @@ class Evaluator:
         attrs = candidate_attrs(spec, cost, seed=seed, measured=measured, latency_source=latency_source)
         attrs["feasible"] = feasible = self.constrain(trial, measured)
         if not feasible:  # known before building anything: never trained
-            ledger.set_attrs(trial.study, private.trial_id(trial), attrs={**attrs, "trained": False})
+            ledger.set_attrs_at_tell(trial, {**attrs, "trained": False})  # with the outcome, in one write
             return values(study.objectives, val_acc=0.0, measured=measured)
+        if study.strategy == "one-shot":
+            return self._inherit(trial, spec, measured, attrs)
         return self._train(trial, spec, seed, measured, attrs)
 
     def constrain(self, trial: optuna.Trial, measured: dict[str, float]) -> bool:
@@ -173,9 +169,31 @@ class Evaluator:
         pruned = pruner is not None and pruner.stopped_at is not None
         if pruned:
             attrs["prune_reason"] = pruner.reason
-        ledger.set_attrs(trial.study, private.trial_id(trial), attrs=attrs)  # one write: see optuna_private
+        ledger.set_attrs_at_tell(trial, attrs)  # with the outcome, in one write: see optuna_private
         if pruned:
             raise optuna.TrialPruned(pruner.reason)
+        return values(self.ctx.study.objectives, val_acc=result.val_acc, measured=measured)
+
+    def _inherit(self, trial: optuna.Trial, spec: ArchSpec, measured: dict, attrs: dict) -> list[float]:
+        """One-shot: the candidate's accuracy with the supernet's weights (loaded once per worker)."""
+        from mbv2_search.noise import binomial_stderr
+        from mbv2_search.oneshot import inherit
+
+        data = self._dataset(spec.resolution)
+        result, _ = inherit(self.ctx, self._supernet, spec, data)
+        attrs.update(
+            trained=False,
+            inherited=True,  # evaluated: the front and the reports take it as they take a trained one
+            val_acc=result.val_acc,  # the search's accuracy axis; `status` and the report add the retrained one
+            inherited_val_acc=result.val_acc,
+            val_acc_stderr=binomial_stderr(result.val_acc, result.images),
+            split_sizes=data.split_sizes(),
+            calibration_images=result.calibration_images,
+            eval_seconds=result.seconds,
+            device=str(self.device),
+            hardware=self.hardware,
+        )
+        ledger.set_attrs_at_tell(trial, attrs)  # with the outcome, in one write
         return values(self.ctx.study.objectives, val_acc=result.val_acc, measured=measured)
 
     def _pruner(self, trial: optuna.Trial, measured: dict[str, float]) -> Any:

@@ -79,8 +79,7 @@ class _Progress:
         if complete and trial.datetime_complete and trial.datetime_start and ledger.counted(trial):
             self.seconds += (trial.datetime_complete - trial.datetime_start).total_seconds()
             self.timed += 1
-        counts_once = attrs.get(ledger.EXCLUDED) is None and attrs.get(ledger.DUPLICATE) is None
-        if complete and attrs.get("trained") is True and counts_once:  # eligible, as in report.analysis
+        if ledger.eligible(trial):
             self.front.add(minimised({name: attrs.get(name) for name in self.objectives}, self.objectives)[0])
 
 
@@ -106,6 +105,21 @@ def snapshot(study: optuna.Study, ctx: Context) -> dict[str, Any]:
         "eta_seconds": mean * remaining / max(1, ctx.study.workers) if mean else None,
         **state,
     }
+
+
+def load_data(ctx: Context, resolution: int, device: Any, *, workers: int | None = None) -> Any:
+    """The study's dataset at a resolution on a device (data.load_dataset with the study's data settings)."""
+    from mbv2_search.data import load_dataset
+
+    config = ctx.study.data
+    return load_dataset(
+        config.dataset,
+        resolution,
+        device=device,
+        data_dir=config.dir,
+        workers=config.workers if workers is None else workers,
+        val_fraction=config.val_fraction,
+    )
 
 
 def check_data(ctx: Context) -> None:

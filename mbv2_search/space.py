@@ -55,19 +55,26 @@ def knobs_from_params(params: dict[str, Any], arch_file: ArchFile) -> Knobs:
     return suggest_knobs(optuna.trial.FixedTrial(params), arch_file)
 
 
+def knob_points(knob: str, values: Range) -> list[Any] | None:
+    """Every value a knob takes in a space: its choices, or each step of a stepped (or integer) range; None
+    for a continuous range."""
+    if values.choices is not None:
+        return list(values.choices)
+    if values.step is None and not _is_int(knob):
+        return None
+    step = values.step or 1
+    count = int(round((values.high - values.low) / step)) + 1
+    points = [values.low + i * step for i in range(count)]
+    return [int(p) for p in points] if _is_int(knob) else [round(p, 10) for p in points]
+
+
 def grid(arch_file: ArchFile) -> dict[str, list[Any]]:
     """Every value of every parameter, for the grid sampler; ranges need a step."""
     out: dict[str, list[Any]] = {}
     for knob, values in arch_file.vary.items():
-        if values.choices is not None:
-            points = list(values.choices)
-        elif values.step is None and not _is_int(knob):
+        points = knob_points(knob, values)
+        if points is None:
             raise ValueError(f"vary.{knob}: the grid sampler needs choices: or a step:")
-        else:
-            step = values.step or 1
-            count = int(round((values.high - values.low) / step)) + 1
-            points = [values.low + i * step for i in range(count)]
-            points = [int(p) for p in points] if _is_int(knob) else [round(p, 10) for p in points]
         names = [f"{knob}_{i}" for i in range(len(arch_file.table.rows))] if values.per_row else [knob]
         out.update({name: points for name in names})
     return out
@@ -101,11 +108,10 @@ def cheapest_knobs(arch_file: ArchFile, **fixed: Any) -> list[Knobs]:
         info = SEARCHABLE[knob]
         if knob == "seed":
             continue
-        options = values.choices if values.choices is not None else _range_ends(knob, values)
+        options = values.choices if values.choices is not None else range_ends(knob, values)
         rows = len(arch_file.table.rows)
         if info.cost == "rises":
-            value = int(min(options)) if info.kind is int else min(options)  # YAML ranges read as floats
-            least[knob] = tuple([value] * rows) if values.per_row else value
+            least[knob] = extreme(knob, values, rows, largest=False)
         elif values.per_row:  # a per-row stride
             spread[knob] = [(max(options),) * k + (min(options),) * (rows - k) for k in range(rows + 1)]
         else:
@@ -114,7 +120,16 @@ def cheapest_knobs(arch_file: ArchFile, **fixed: Any) -> list[Knobs]:
     return [arch_file.knobs.to_knobs(**least, **combo, **fixed) for combo in combos]
 
 
-def _range_ends(knob: str, values: Range) -> list[Any]:
+def extreme(knob: str, values: Range, rows: int, *, largest: bool) -> Any:
+    """A knob's least (or largest) value in a space; for a per-row knob, that value for every row."""
+    options = values.choices if values.choices is not None else range_ends(knob, values)
+    value = max(options) if largest else min(options)
+    value = int(value) if _is_int(knob) else value  # YAML ranges read as floats
+    return (value,) * rows if values.per_row else value
+
+
+def range_ends(knob: str, values: Range) -> list[Any]:
+    """A range's low and high (one value where they are equal), as integers for integer knobs."""
     ends = [values.low, values.high] if values.low != values.high else [values.low]
     return [int(e) for e in ends] if _is_int(knob) else ends
 

@@ -41,6 +41,9 @@ def space_fingerprint(ctx: Context) -> str:
     }
     if study.training.devices_per_trial != 1:  # another global batch changes results; unset keeps old studies'
         identity["training"]["devices_per_trial"] = study.training.devices_per_trial
+    if study.strategy != "per-candidate":  # what the accuracies are; unset keeps older studies' fingerprints
+        # how the front is retrained afterwards changes no trial: retrain_front redoes points made otherwise
+        identity["one_shot"] = study.one_shot.model_dump(exclude={"retrain", "retrain_epochs"})
     if study.data.val_fraction is not None:  # another split changes what val_acc means; unset keeps 0.1's
         identity["val_fraction"] = study.data.val_fraction
     return json.dumps(identity, sort_keys=True)
@@ -90,7 +93,7 @@ def open_study(ctx: Context, *, create: bool = True) -> optuna.Study:
     stored = study.user_attrs.get("fingerprint")
     if stored is not None and stored != fingerprint:
         raise StudyMismatch(
-            f"{ctx.path}: the stored study '{name}' was run with a different space, data, budget, objectives or constraints; "
+            f"{ctx.path}: the stored study '{name}' was run with a different space, data, budget, objectives, constraints or one-shot settings; "
             f"rename the study (name:) or choose another storage to start a new one"
         )
     if stored is None:

@@ -94,6 +94,18 @@ class PruningModel(Strict):
         return out
 
 
+class OneShotModel(Strict):
+    """strategy: one-shot: train one supernet (BigNAS's sandwich rule), search over inherited accuracies,
+    then retrain the front's points."""
+
+    epochs: int | None = Field(None, ge=1, le=10_000)  # the supernet's; None: training.epochs
+    random_members: int = Field(2, ge=0, le=16)  # members drawn at random per step, beside the largest and smallest
+    distill: bool = True  # the smaller members learn the largest's predictions (in-place distillation)
+    calibration_batches: int = Field(8, ge=1, le=10_000)  # training batches that recompute BatchNorm statistics
+    retrain: Literal["scratch", "finetune", "none"] = "scratch"  # how the front's points are trained afterwards
+    retrain_epochs: int | None = Field(None, ge=1, le=10_000)  # None: training.epochs
+
+
 class LatencyModel(Strict):
     repeats: int = Field(30, ge=1)
     warmup: int = Field(5, ge=0)
@@ -122,6 +134,8 @@ class StudyFile(Strict):
     latency: LatencyModel = LatencyModel()
     pruning: PruningModel = PruningModel()
     heartbeat_seconds: float = Field(10.0, gt=0)
+    strategy: Literal["per-candidate", "one-shot"] = "per-candidate"  # one-shot: accuracies inherited from a supernet
+    one_shot: OneShotModel = OneShotModel()
 
     @field_validator("name")
     @classmethod
@@ -236,6 +250,19 @@ def _check_study(study: StudyFile, arch_file: ArchFile, path: Path) -> None:
 
     if not arch_file.vary:
         raise ConfigError(path, "space.vary", "nothing varies; a search needs at least one knob in vary:")
+    if study.strategy == "one-shot":
+        from mbv2_search.elastic import NotElastic, check_elastic
+
+        try:
+            check_elastic(arch_file)
+        except NotElastic as err:
+            raise ConfigError(path, f"space.{err.key}", err.message) from None
+        if study.pruning.enabled:
+            raise ConfigError(
+                path,
+                "pruning.enabled",
+                "got true; allowed with strategy one-shot: false (inherited accuracies have no epochs to stop)",
+            )
     _check_constraints(study, arch_file, path)
     if study.latency.table is not None and not (path.parent / study.latency.table).is_file():
         raise ConfigError(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mbv2_search.arch import ArchSpec
-from mbv2_search.callbacks import RichEpochProgress, TrainingClock
+from mbv2_search.callbacks import RichEpochProgress, TrainingClock, quiet_fit
 from mbv2_search.data import FolderData, TensorData
 from mbv2_search.devices import configure_cpu, prefers_channels_last, rank_devices, resolve_precision
 from mbv2_search.distributed import RankSync, ddp_strategy, train_distributed
@@ -379,11 +378,7 @@ def _fit_and_test(trainer: pl.Trainer, module: Classifier, loaders: _Loaders, wh
     """Fit, then test the best-validation checkpoint; running out of GPU memory is the candidate's failure."""
     start = time.perf_counter()
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning 2.6 on torch 2.14
-            warnings.filterwarnings("ignore", message=".*in eval mode at the start of training.*")  # the EMA copy
+        with quiet_fit():
             trainer.fit(module, loaders.train, loaders.val)
             fit_seconds = time.perf_counter() - start
             checkpoint = trainer.checkpoint_callback.best_model_path

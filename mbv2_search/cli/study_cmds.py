@@ -31,6 +31,9 @@ from mbv2_search.cli.views import SearchProgress, print_status
 def run(study_file: Path, storage: str | None, reports: Path, workers: int | None, workers_per_gpu: int | None) -> None:
     """Run a study to n_trials (resuming where it stopped), then print its Pareto front.
 
+    A one-shot study (strategy: one-shot) first trains its supernet (once: it is stored with the study),
+    searches over inherited accuracies, then retrains the front's points.
+
     Exit codes: 0 complete (or the space exhausted), 1 a failure of the environment (data, disk,
     storage) or a worker, 2 bad input, 3 trials left (timeout), 130 Ctrl-C, 143 SIGTERM; the running
     trials of an interrupted run are run again when you resume.
@@ -54,6 +57,8 @@ def run(study_file: Path, storage: str | None, reports: Path, workers: int | Non
     except TrainingError as err:
         raise UserError(f"{study_file}: {err}") from None
     workers = len(devices)
+    if ctx.study.strategy == "one-shot":
+        _one_shot_phase(ctx, study, "supernet")
     view = SearchProgress(ctx, study)
     stopped, failures = "", []
     with view.progress, resumable():
@@ -65,8 +70,41 @@ def run(study_file: Path, storage: str | None, reports: Path, workers: int | Non
                 ctx, workers, per_gpu=per_gpu, reports_root=reports, on_tick=view.refresh, on_note=console.print
             )
         view.refresh([])
+    code, line = finish_line(ctx, study, stopped=stopped, failures=failures)
+    if code == 0 and ctx.study.strategy == "one-shot" and ctx.study.one_shot.retrain != "none":
+        _one_shot_phase(ctx, study, "retrain")
     print_status(ctx, study)
-    finish(*finish_line(ctx, study, stopped=stopped, failures=failures))
+    finish(code, line)
+
+
+def _one_shot_phase(ctx, study, phase: str) -> None:
+    """Before the search, train the supernet (unless stored); after it, retrain the front's points (those not
+    retrained yet). Ctrl-C stops either with exit 130; the same command resumes."""
+    from mbv2_search.devices import rank_devices
+    from mbv2_search.interrupts import Interrupted, SignalGuard, ignore_signals
+    from mbv2_search.oneshot import ensure_supernet, retrain_front
+
+    device = rank_devices(ctx.study.training.device)[0]
+    try:
+        with SignalGuard() as guard, guard.interruptible():
+            if phase == "retrain":
+                retrain_front(ctx, study, device, say=console.print)
+            else:
+                ensure_supernet(ctx, study, device, progress=True, say=console.print)
+    except Interrupted as err:
+        ignore_signals()
+        err.note = f": {_kept(ctx, phase)}; the same command goes on from there"
+        raise
+
+
+def _kept(ctx, phase: str) -> str:
+    """What an interrupted one-shot phase leaves for the next run."""
+    from mbv2_search.oneshot import resumed_epochs
+
+    if phase == "retrain":
+        return "the points retrained so far are kept"
+    done = resumed_epochs(ctx)
+    return f"the supernet's training is kept up to epoch {done['epochs']}" if done else "no supernet epoch had finished"
 
 
 @contextlib.contextmanager
@@ -182,6 +220,7 @@ def report(study_files: tuple[Path, ...], storage: str | None, reports: Path, ou
                 objectives=ctx.study.objectives,
                 knobs=param_names(ctx.arch_file),
                 config=config,
+                study_attrs=study.user_attrs,
             )
         )
         folders.append(ctx.report_dir)

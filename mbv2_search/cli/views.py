@@ -104,7 +104,7 @@ def _rows_joined(frame: Any) -> Any:
 
 def print_status(ctx: Any, study: Any) -> None:
     from mbv2_search.ledger import counts
-    from mbv2_search.report.analysis import front_data, trials_frame
+    from mbv2_search.report.analysis import front_data, retrained_results, trials_frame
     from mbv2_search.report.front_table import front_table, readable
     from mbv2_search.space import param_names
 
@@ -118,7 +118,16 @@ def print_status(ctx: Any, study: Any) -> None:
         f"{state['failed']} failed; {state['running']} running, {state['waiting']} waiting\nnot counted: "
         f"{state['duplicate']} duplicates (not trained), {state['excluded']} excluded (interrupted, stale, environment, surplus)"
     )
-    frame = trials_frame(trials)
+    supernet = study.user_attrs.get("supernet")
+    if supernet:  # one-shot
+        console.print(
+            f"supernet: {supernet['epochs']} epochs in {supernet['train_seconds'] / 60:.1f} min on {supernet['device']}; "
+            f"its largest member's val_acc {supernet['val_acc']:.4f}; accuracies below are inherited from it, "
+            "then retrained for the front"
+        )
+    elif ctx.study.strategy == "one-shot":
+        console.print(_supernet_in_training(ctx))
+    frame = trials_frame(trials, retrained_results(study.user_attrs))
     if frame.empty or not frame["eligible"].any():
         console.print("no trained trials yet")
         return
@@ -127,3 +136,16 @@ def print_status(ctx: Any, study: Any) -> None:
     title = f"Pareto front ({', '.join(ctx.study.objectives)}): {len(shown)} point" + ("" if len(shown) == 1 else "s")
     print_frame(shown.round(4), "table", title=title)
     console.print(data.tie_note, highlight=False)
+
+
+def _supernet_in_training(ctx) -> str:
+    """A one-shot study before its supernet is stored: how far its training got."""
+    from mbv2_search.oneshot import resumed_epochs, supernet_epochs, training_checkpoint
+
+    done = resumed_epochs(ctx)
+    epochs = supernet_epochs(ctx)
+    if not done:
+        return "supernet: no epoch trained yet (`run` trains it before the search)"
+    return (
+        f"supernet: {done['epochs']} of {epochs} epochs trained ({training_checkpoint(ctx)}); `run` goes on from there"
+    )

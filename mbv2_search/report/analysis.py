@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from mbv2_search.ledger import RETRAINED
 from mbv2_search.noise import TIE_RULE, binomial_stderr
 from mbv2_search.pareto import minimised, non_dominated
 from mbv2_search.report.points import neighbour_ties, variant_knobs, variant_points
@@ -25,6 +26,8 @@ TRIAL_COLUMNS = (
     "latency_ms",
     "feasible",
     "trained",
+    "inherited",
+    "inherited_val_acc",
     "epochs",
     "train_seconds",
     "train_images_per_second",
@@ -50,8 +53,14 @@ def _stderr(attrs: dict[str, Any]) -> float | None:
     return stored
 
 
-def trials_frame(trials: list[Any]) -> pd.DataFrame:
-    """One row per trial: number, state, every knob (params), every cost and metric from user attrs."""
+def retrained_results(study_attrs: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """A one-shot study's retrained front points: trial number -> what stand-alone training measured."""
+    return {int(k.removeprefix(RETRAINED)): v for k, v in study_attrs.items() if k.startswith(RETRAINED)}
+
+
+def trials_frame(trials: list[Any], retrained: dict[int, dict[str, Any]] | None = None) -> pd.DataFrame:
+    """One row per trial: number, state, every knob (params), every cost and metric from user attrs; for a
+    one-shot study, the retrained accuracy of its front points beside the inherited one."""
     rows = []
     for t in trials:
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
@@ -60,6 +69,9 @@ def trials_frame(trials: list[Any]) -> pd.DataFrame:
             row[column] = t.user_attrs.get(column)
         row["val_acc_stderr"] = _stderr(t.user_attrs)
         row["val_acc_history"] = t.user_attrs.get("val_acc_history")
+        if retrained:
+            again = retrained.get(t.number, {})
+            row |= {f"retrained_{k}": again.get(k) for k in ("val_acc", "val_acc_stderr", "test_acc", "train_seconds")}
         row["duration_s"] = (
             (t.datetime_complete - t.datetime_start).total_seconds()
             if t.datetime_complete and t.datetime_start
@@ -72,7 +84,7 @@ def trials_frame(trials: list[Any]) -> pd.DataFrame:
     # trained results, each once: a duplicate repeats an earlier trial's point
     frame["eligible"] = (
         (frame["state"] == "COMPLETE")
-        & frame["trained"].eq(True)
+        & (frame["trained"].eq(True) | frame["inherited"].eq(True))
         & frame["excluded"].isna()
         & frame["duplicate_of"].isna()
     )

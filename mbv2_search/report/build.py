@@ -21,6 +21,7 @@ from mbv2_search.report.analysis import (
     front_data,
     hypervolume_history,
     reference_point,
+    retrained_results,
     trials_frame,
     variant_summary,
     width_resolution_points,
@@ -39,6 +40,7 @@ class StudyData:
     frame: pd.DataFrame
     counts: dict[str, int]  # search.counts of the same trials
     front_data: FrontData  # its variants and their front over the study's objectives, computed once
+    supernet_seconds: float = 0.0  # one-shot: training the supernet (the trials' and retrainings' are in frame)
 
     def panel(self, cost: str) -> FrontData:
         """The variants with the front of accuracy against this one cost, ordered along it (a figure's panel)."""
@@ -51,12 +53,21 @@ class StudyData:
 
 
 def study_data(
-    name: str, trials: list[Any], *, objectives: list[str], knobs: list[str], config: dict[str, Any]
+    name: str,
+    trials: list[Any],
+    *,
+    objectives: list[str],
+    knobs: list[str],
+    config: dict[str, Any],
+    study_attrs: dict[str, Any] | None = None,
 ) -> StudyData:
-    """Frames for one study from its Optuna trials (the report's only input from storage)."""
-    frame = trials_frame(trials)
+    """Frames for one study from its Optuna trials and attrs (the report's only input from storage)."""
+    frame = trials_frame(trials, retrained_results(study_attrs or {}))
     front = front_data(name, frame, objectives=objectives, knobs=knobs)
-    return StudyData(name, objectives, knobs, config, frame, counts(trials), front)
+    supernet = (study_attrs or {}).get("supernet") or {}
+    return StudyData(
+        name, objectives, knobs, config, frame, counts(trials), front, float(supernet.get("train_seconds", 0.0))
+    )
 
 
 def _counts(data: StudyData) -> dict[str, int]:
@@ -86,12 +97,29 @@ def _points(count: int) -> str:
 
 
 def noise_notes(data: StudyData) -> list[str]:
-    """What the ± and the ≈ marks mean, and how seed repeats are shown."""
+    """What the ± and the ≈ marks mean, how seed repeats are shown, and where one-shot accuracies come from."""
     spread = "; for a mean over seeds also their spread, std / sqrt(n)" if data.seeds else ""
     notes = [f"val_acc ± 1 standard error: binomial over the validation images{spread}", data.front_data.tie_note]
+    if "inherited" in data.frame and data.frame["inherited"].eq(True).any():
+        notes.append(
+            "one-shot: the search's val_acc is inherited from the supernet (BatchNorm recalibrated); "
+            "retrained val_acc: the front's points trained on their own afterwards" + one_shot_agreement(data)
+        )
     if data.seeds:
         notes.append("seed repeats of a variant are one point: mean, std over its n runs; fronts use the means")
     return notes
+
+
+def one_shot_agreement(data: StudyData) -> str:
+    """How well inherited accuracy ranks the retrained front points (Spearman), where three or more are retrained."""
+    front = data.front_data.front
+    if "retrained_val_acc" not in front:
+        return ""
+    pairs = front[["val_acc", "retrained_val_acc"]].dropna().astype(float)
+    if len(pairs) < 3:
+        return ""
+    rho = pairs["val_acc"].rank().corr(pairs["retrained_val_acc"].rank())
+    return f"; Spearman rank correlation of the two over {len(pairs)} front points: {rho:.2f}"
 
 
 def summary_markdown(data: StudyData) -> str:
@@ -101,13 +129,15 @@ def summary_markdown(data: StudyData) -> str:
     if points.empty:
         return "\n".join([*lines, "No trained trials yet."]) + "\n"
     best = points.sort_values("val_acc", ascending=False).iloc[0]
-    total = frame["train_seconds"].fillna(0).sum()
+    total = frame["train_seconds"].fillna(0).sum() + data.supernet_seconds
+    if "retrained_train_seconds" in frame:
+        total += frame["retrained_train_seconds"].fillna(0).sum()
     lines += [
         f"- objectives: {', '.join(data.objectives)}",
         "- trials: " + ", ".join(f"{v} {k}" for k, v in _counts(data).items()),
         f"- best validation accuracy: {readable(best.to_frame().T[['val_acc', 'val_acc_err']]).iloc[0, 0]} "
         f"(trial{'s' if best['runs'] > 1 else ''} {best['trials']}: {best['madds'] / 1e6:.2f} M MAdds, {best['params'] / 1e6:.3f} M params)",
-        f"- Pareto front: {_points(len(data.front_data.front))}; total training time {total / 60:.1f} min on {_hardware(frame)}",
+        f"- Pareto front: {_points(len(data.front_data.front))}; total training time {total / 60:.1f} min{' (supernet and retrained points included)' if data.supernet_seconds else ''} on {_hardware(frame)}",
         *(f"- {note}" for note in noise_notes(data)),
         "",
         "## Pareto front",

@@ -16,8 +16,11 @@ def front_table(data: FrontData) -> pd.DataFrame:
     front = data.front
     seeds = bool(len(data.points)) and bool((data.points["runs"] > 1).any())
     columns = ["trials" if seeds else "number", *data.knobs, "madds", "params", "peak_activation_bytes"]
-    columns += ["latency_ms", "val_acc", "val_acc_err", *(["val_acc_std", "runs"] if seeds else []), "test_acc", "ties"]
-    kept = [c for c in columns if c in front and (c == "ties" or front[c].notna().any())]
+    columns += ["latency_ms", "val_acc", "val_acc_err", *(["val_acc_std", "runs"] if seeds else []), "test_acc"]
+    if "inherited" in front and front["inherited"].eq(True).any():  # one-shot: the search's accuracy was inherited
+        columns += ["inherited", "retrained_val_acc", "retrained_val_acc_err"]
+    columns.append("ties")
+    kept = [c for c in columns if c in front and (c in ("ties", "inherited") or front[c].notna().any())]
     return front[kept].reset_index(drop=True)
 
 
@@ -37,8 +40,11 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
         if column in shown:
             shown[column] = (shown[column] / scale).round(3)
             shown = shown.rename(columns={column: label})
-    if "val_acc" in shown:
-        errors = shown.pop("val_acc_err") if "val_acc_err" in shown else [float("nan")] * len(shown)
-        shown["val_acc"] = [_with_error(a, e) for a, e in zip(shown["val_acc"], errors)]
-        shown = shown.rename(columns={"val_acc": "val_acc ± se"})
-    return shown.rename(columns={"val_acc_std": "std over seeds", "ties": TIES})
+    inherited = bool(shown.pop("inherited").any()) if "inherited" in shown else False
+    for column in ("val_acc", "retrained_val_acc"):
+        if column in shown:
+            errors = shown.pop(f"{column}_err") if f"{column}_err" in shown else [float("nan")] * len(shown)
+            shown[column] = [_with_error(a, e) if pd.notna(a) else "-" for a, e in zip(shown[column], errors)]
+    names = {"val_acc": "inherited val_acc ± se" if inherited else "val_acc ± se"}
+    names |= {"retrained_val_acc": "retrained val_acc ± se", "val_acc_std": "std over seeds", "ties": TIES}
+    return shown.rename(columns=names)

@@ -48,6 +48,12 @@ def _point(rows: pd.DataFrame, by: list[str]) -> dict[str, object]:
     point |= {
         c: rows[c].astype(float).mean() for c in ("latency_ms", "test_acc") if c in rows and rows[c].notna().any()
     }
+    if "retrained_val_acc" in rows:  # one-shot (no seed repeats): the front point's stand-alone accuracy
+        point |= {
+            "retrained_val_acc": first["retrained_val_acc"],
+            "retrained_val_acc_err": first["retrained_val_acc_stderr"],
+        }
+    point |= {"inherited": bool(pd.notna(first.get("inherited")) and first.get("inherited"))}
     point |= {
         "val_acc": float(accuracy.mean()),
         "val_acc_err": mean_stderr(stderrs, std=std),
