@@ -246,8 +246,9 @@ def changed_trials(
     return storage.get_all_trials(sid, deepcopy=False)
 
 
-def ask(study: optuna.Study, *, waiting: list[int]) -> optuna.Trial:
-    """study.ask(), taking the queue from `waiting` (storage ids of the WAITING trials, by number).
+def ask(study: optuna.Study, *, waiting: list[int], attrs: dict[str, Any] | None = None) -> optuna.Trial:
+    """study.ask(), taking the queue from `waiting` (storage ids of the WAITING trials, by number), the
+    trial given the user attributes `attrs` (in the same write where it is new).
 
     Optuna's ask finds the queue by scanning every trial of the study (Study._pop_waiting_trial_id),
     which made each trial cost more as the study grew; this is that method and ask's body (Optuna 5)
@@ -259,12 +260,30 @@ def ask(study: optuna.Study, *, waiting: list[int]) -> optuna.Trial:
         try:  # False, or an error, where another worker took it first
             if storage.set_trial_state_values(waiting_id, state=TrialState.RUNNING):
                 _cache_knows(storage, study_id(study), waiting_id)
+                set_trial_attrs(study, waiting_id, attrs=attrs or {})
                 return optuna.Trial(study, waiting_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-    new_id = storage.create_new_trial(study_id(study))
+    new_id = storage.create_new_trial(study_id(study), template_trial=_running(attrs) if attrs else None)
     created = _cached_trial(storage, new_id)
     return optuna.Trial(study, new_id) if created is None else _trial(study, created)
+
+
+def _running(attrs: dict[str, Any]) -> FrozenTrial:
+    """A new trial's template (create_new_trial stores it in its one write): running, with user attributes."""
+    return FrozenTrial(
+        number=-1,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=datetime.now(),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs=dict(attrs),
+        system_attrs={},
+        intermediate_values={},
+        trial_id=-1,
+    )
 
 
 def _cached_trial(storage: optuna.storages.BaseStorage, trial_id_: int) -> FrozenTrial | None:

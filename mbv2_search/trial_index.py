@@ -14,7 +14,7 @@ import contextlib
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterator
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -129,10 +129,10 @@ def _index(study: optuna.Study) -> TrialIndex:
         return _INDEXES.get(study) or _INDEXES.setdefault(study, TrialIndex())
 
 
-def ask(study: optuna.Study, *, refresh: bool = True) -> optuna.Trial:
-    """study.ask(): the next queued trial (the earliest that no other worker took first), or a new one.
-    refresh=False takes the queue as the last look saw it (a caller that looked a moment ago saves a
-    read; a trial queued since is taken at the next ask)."""
+def ask(study: optuna.Study, *, refresh: bool = True, attrs: dict[str, Any] | None = None) -> optuna.Trial:
+    """study.ask(): the next queued trial (the earliest that no other worker took first), or a new one,
+    given the user attributes `attrs`. refresh=False takes the queue as the last look saw it (a caller
+    that looked a moment ago saves a read; a trial queued since is taken at the next ask)."""
     with look(study, refresh=refresh) as index:
         waiting = [private.trial_id(t) for t in index.waiting()]
-    return private.ask(study, waiting=waiting)
+    return private.ask(study, waiting=waiting, attrs=attrs)

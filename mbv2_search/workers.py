@@ -26,12 +26,11 @@ class Heartbeat:
     and meanwhile re-queues the trials of workers that are gone (so that even during a long training
     every live worker keeps watch)."""
 
-    def __init__(self, trial: optuna.Trial, seconds: float) -> None:
+    def __init__(self, trial: optuna.Trial, seconds: float, *, first_written: bool = False) -> None:
         self.trial, self.study, self.seconds = trial, trial.study, seconds
         self.stop_event = threading.Event()
-        ledger.set_attrs(
-            trial.study, private.trial_id(trial), attrs={ledger.WORKER: ledger.worker_id(), "heartbeat": time.time()}
-        )
+        if not first_written:  # else the ask wrote it with the trial (work)
+            ledger.set_attrs(trial.study, private.trial_id(trial), attrs=first_beat())
         self.thread = threading.Thread(target=self._beat, daemon=True)
         self.thread.start()
 
@@ -45,6 +44,11 @@ class Heartbeat:
         """Stop beating."""
         self.stop_event.set()
         self.thread.join()
+
+
+def first_beat() -> dict[str, Any]:
+    """A running trial's first attributes: its worker, and a heartbeat."""
+    return {ledger.WORKER: ledger.worker_id(), "heartbeat": time.time()}
 
 
 @dataclass
@@ -101,6 +105,7 @@ def run_trial(
     guard: SignalGuard,
     report: WorkerReport,
     heartbeat_seconds: float,
+    beat_written: bool = False,
 ) -> FrozenTrial | None:
     """Evaluate one trial and record its outcome (its attributes in the same write); interruptions and
     environment failures re-queue it. Returns the trial as stored, or None where it was not told."""
@@ -108,7 +113,7 @@ def run_trial(
 
     heartbeat = None
     try:
-        heartbeat = Heartbeat(trial, heartbeat_seconds)
+        heartbeat = Heartbeat(trial, heartbeat_seconds, first_written=beat_written)
         with guard.interruptible():
             values = evaluate(trial)
     except DuplicateCandidate as duplicate:
@@ -195,7 +200,7 @@ def work(
                 _nudge(ctx, study)
             guard.check()
             # Optuna's ask scans every trial for the queue; _next_step just looked (unless a nudge queued one)
-            trial = trial_index.ask(study, refresh=nudged)
+            trial = trial_index.ask(study, refresh=nudged, attrs=first_beat())  # the first beat in the ask's write
             if ledger.surplus(study, trial.number, n_trials):  # reads only near the last slot
                 # other workers took the last slots between our count and our ask: give this one back
                 ledger.requeue(
@@ -204,7 +209,9 @@ def work(
                 continue
             if on_event:
                 on_event("start", trial)
-            told = run_trial(study, trial, evaluate=evaluate, guard=guard, report=report, heartbeat_seconds=beat)
+            told = run_trial(
+                study, trial, evaluate=evaluate, guard=guard, report=report, heartbeat_seconds=beat, beat_written=True
+            )
             if on_event:
                 on_event("end", told or private.storage_of(study).get_trial(private.trial_id(trial)))
     return report

@@ -87,7 +87,10 @@ def a_trial_as_workers_record_it(study: optuna.Study, *, one_write: bool) -> Non
     """Ask, suggest, attributes and tell: through the one-write calls, or through Optuna's own one at a time."""
     from mbv2_search import trial_index
 
-    trial = trial_index.ask(study) if one_write else study.ask()
+    beat = {ledger.WORKER: "host:ns:1", "heartbeat": 1.5}  # the first beat: in the ask's write, or after it
+    trial = trial_index.ask(study, attrs=beat) if one_write else study.ask()
+    if not one_write:
+        ledger.set_attrs(study, private.trial_id(trial), attrs=beat)
     results = {"val_acc": 0.9, "trained": True, "history": [0.5, 0.9]}
     if one_write:
         with private.suggestions_in_one_write(trial) as attrs:
@@ -153,6 +156,23 @@ def test_a_trials_parameters_and_its_outcome_take_one_transaction_each(tmp_path,
         len(commits) == 4
     )  # tell's read of the trial, then one write (Optuna: 30 writes, tell's two reads and its write)
     assert told == study.get_trials()[-1]  # as stored, without reading it again
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_new_trial_and_its_first_beat_take_one_transaction(tmp_path, kind):
+    from sqlalchemy import event
+
+    url = storages(tmp_path)[kind]
+    if url is None:
+        pytest.skip("no PostgreSQL configured: set MBV2_TEST_POSTGRES (bash scripts/with-postgres.sh starts one)")
+    study = optuna.create_study(storage=make_storage(url), directions=["maximize", "minimize"])
+    commits: list[float] = []
+    event.listen(private.storage_of(study)._backend.engine, "commit", lambda conn: commits.append(time.time()))
+    trial = private.ask(study, waiting=[], attrs={ledger.WORKER: "host:ns:1", "heartbeat": 2.5})
+    assert len(commits) == 1
+    assert trial.user_attrs == {ledger.WORKER: "host:ns:1", "heartbeat": 2.5}
+    (read,) = optuna.load_study(study_name=study.study_name, storage=make_storage(url)).get_trials()
+    assert read.state == TrialState.RUNNING and read.user_attrs == trial.user_attrs and read.datetime_start
 
 
 def test_a_trial_this_process_created_is_the_trial_optuna_would_read(tmp_path):
