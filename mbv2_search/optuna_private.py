@@ -312,8 +312,15 @@ class _OneWrite:
     """A storage that holds one trial's parameters and writes them, its attributes and its outcome in
     one write (any other call goes to the storage itself)."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, trial_id_: int, attrs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        storage: optuna.storages.BaseStorage,
+        trial_id_: int,
+        attrs: dict[str, Any],
+        known: FrozenTrial | None = None,
+    ) -> None:
         self.storage, self.trial_id, self.attrs = storage, trial_id_, attrs
+        self.known = known  # the trial as this process knows it, read in its place (an RDB read is a transaction)
         self.params: list[Param] = []
         self.read: FrozenTrial | None = None  # the trial as tell read it
         self.snapshot: list[FrozenTrial] | None = None  # the study's trials as the first sampler read saw them
@@ -340,8 +347,9 @@ class _OneWrite:
         return copy.deepcopy(trials) if deepcopy else trials
 
     def get_trial(self, trial_id_: int) -> FrozenTrial:
-        trial = self.storage.get_trial(trial_id_)
-        if trial_id_ == self.trial_id:  # what Optuna's tell read after the attributes were written
+        mine = trial_id_ == self.trial_id
+        trial = self.known if mine and self.known is not None else self.storage.get_trial(trial_id_)
+        if mine:  # what Optuna's tell read after the attributes were written
             trial = copy.copy(trial)
             trial.user_attrs = {**trial.user_attrs, **self.attrs}
             self.read = trial
@@ -381,6 +389,7 @@ def suggestions_in_one_write(trial: optuna.Trial) -> Iterator[dict[str, Any]]:
     trial.storage, trial.study = storage, study
     if held.params or held.attrs:
         _write(storage, held.trial_id, params=held.params, attrs=held.attrs)
+        trial._cached_frozen_trial.user_attrs.update(held.attrs)  # as Trial.set_user_attr keeps its copy
 
 
 def tell(
@@ -396,10 +405,15 @@ def tell(
 
     Optuna's tell (its _tell_with_warning: checks, the sampler's after_trial, the state) runs on a copy
     of the study whose storage writes the attributes with the state; the trial it reads and hands to
-    the sampler has them, as when they were written first. Optuna's own tell reads the trial again.
+    the sampler has them, as when they were written first. Optuna's own tell reads the trial again; on
+    an RDB this takes the trial as the worker knows it (optuna.Trial's own copy: its parameters, its
+    intermediate values and the attributes written through it or these calls) instead of a
+    transaction: a trial another worker finished meanwhile is refused by the write itself
+    (UpdateFinishedTrialError), where a read would have seen it and skipped the tell.
     """
     storage = storage_of(study)
-    held = _OneWrite(storage, trial_id(trial), dict(attrs))
+    known = copy.deepcopy(trial._cached_frozen_trial) if _rdb(storage) is not None else None
+    held = _OneWrite(storage, trial_id(trial), dict(attrs), known)
     told = copy.copy(study)  # Study.__getstate__: the copy has its own thread-local cache
     told._storage = held
     study._thread_local.cached_all_trials = None

@@ -152,10 +152,26 @@ def test_a_trials_parameters_and_its_outcome_take_one_transaction_each(tmp_path,
         attrs[ledger.CANDIDATE] = ledger.candidate_key(trial.params)
     assert len(commits) == 2  # TPE's one read of the study's trials, then one write (Optuna: a read and a write each)
     told = private.tell(study, trial, attrs={f"attr{i}": i for i in range(30)}, values=[0.5, 2.0])
-    assert (
-        len(commits) == 4
-    )  # tell's read of the trial, then one write (Optuna: 30 writes, tell's two reads and its write)
+    assert len(commits) == 3  # one write, the trial not read (Optuna: 30 writes, tell's two reads and its write)
     assert told == study.get_trials()[-1]  # as stored, without reading it again
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
+def test_telling_a_trial_another_worker_finished_stores_nothing(tmp_path, kind):
+    url = storages(tmp_path)[kind]
+    if url is None:
+        pytest.skip("no PostgreSQL configured: set MBV2_TEST_POSTGRES (bash scripts/with-postgres.sh starts one)")
+    ours, theirs = two_workers(url)
+    trial = private.ask(ours, waiting=[], attrs={"heartbeat": 1.0})
+    trial.suggest_categorical("width", [0.5, 1.0])
+    theirs.tell(trial.number, state=TrialState.FAIL)  # it looked stale to them: re-queued
+    if kind == "journal":  # tell's read sees it finished and skips it
+        assert private.tell(ours, trial, attrs={"val_acc": 0.9}, values=[0.9, 1.0]).state == TrialState.FAIL
+    else:  # tell takes the trial as this worker knows it: the write refuses it
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+            private.tell(ours, trial, attrs={"val_acc": 0.9}, values=[0.9, 1.0])
+    (stored_trial,) = optuna.load_study(study_name=ours.study_name, storage=make_storage(url)).get_trials()
+    assert stored_trial.state == TrialState.FAIL and "val_acc" not in stored_trial.user_attrs
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
