@@ -86,12 +86,13 @@ class TensorData:
         seed: int = 0,
         channels_last: bool = False,
         shard: tuple[int, int] = (0, 1),
+        shuffle: bool = False,
     ) -> DeviceBatches:
         """Iterable of (images, labels) batches for a split, augmented when train is True; with shard
-        (rank, ranks), training batches are this rank's share of global batches of batch_size x ranks."""
-        return DeviceBatches(
-            self, getattr(self, split), batch_size, train=train, seed=seed, channels_last=channels_last, shard=shard
-        )
+        (rank, ranks), training batches are this rank's share of global batches of batch_size x ranks;
+        shuffle: unaugmented, in a seeded random order."""
+        split_data, layout = getattr(self, split), {"channels_last": channels_last, "shard": shard}
+        return DeviceBatches(self, split_data, batch_size, train=train, seed=seed, shuffle=shuffle, **layout)
 
 
 class DeviceBatches:
@@ -107,8 +108,9 @@ class DeviceBatches:
         seed: int,
         channels_last: bool,
         shard: tuple[int, int] = (0, 1),
+        shuffle: bool = False,
     ) -> None:
-        self.data, self.split, self.batch_size, self.train = data, split, batch_size, train
+        self.data, self.split, self.batch_size, self.train, self.shuffle = data, split, batch_size, train, shuffle
         self.channels_last = channels_last
         self.rank, self.ranks = shard if train else (0, 1)  # evaluation: every rank sees the whole split
         device = split.images.device
@@ -129,7 +131,7 @@ class DeviceBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self.split.images, self.split.labels
         n = len(labels)
-        if self.train:
+        if self.train or self.shuffle:
             order = torch.randperm(n, device=images.device, generator=self.generator)
         else:
             order = torch.arange(n, device=images.device)

@@ -50,10 +50,11 @@ def _weights(ctx: Context, study: optuna.Study, trial: optuna.trial.FrozenTrial,
 
     from mbv2_search.ledger import evaluated
 
-    if ctx.study.strategy == "one-shot" and evaluated(trial.user_attrs):
+    source = _source(study, trial)  # a duplicate's weights are its original's
+    if ctx.study.strategy == "one-shot" and evaluated(source.user_attrs):
         from mbv2_search.oneshot import trial_weights
 
-        weights, written["weights_from"] = trial_weights(ctx, study, trial)
+        weights, written["weights_from"] = trial_weights(ctx, study, source)
         return weights
     checkpoint = _checkpoint(ctx, study, trial)
     if checkpoint is None:

@@ -88,9 +88,11 @@ class FolderData:
         seed: int = 0,
         channels_last: bool = False,
         shard: tuple[int, int] = (0, 1),
+        shuffle: bool = False,
     ):
         """A DataLoader: RandomResizedCrop + flip for training, resize + 0.875 center crop for evaluation; with
-        shard (rank, ranks), training reads this rank's share (a DistributedSampler; Lightning sets its epoch)."""
+        shard (rank, ranks), training reads this rank's share (a DistributedSampler; Lightning sets its epoch);
+        shuffle: evaluation's transform in a seeded random order (the split itself is in class order)."""
         from torchvision import transforms
 
         normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
@@ -114,7 +116,7 @@ class FolderData:
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train and sampler is None,
+            shuffle=(train or shuffle) and sampler is None,
             sampler=sampler,
             drop_last=train,
             num_workers=self.workers,

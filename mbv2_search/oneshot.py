@@ -5,6 +5,7 @@ inherited accuracy of a candidate, and retraining the front's points (stored per
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import time
@@ -105,16 +106,26 @@ def resumed_epochs(ctx: Context) -> dict[str, Any] | None:
     a file that cannot be read (emptied, cut short, overwritten) is named, with what to do."""
     from mbv2_search.callbacks import resume_point
 
-    checkpoint = training_checkpoint(ctx)
+    fix = "delete it to train the supernet from its first epoch"
+    return _read(ctx, training_checkpoint(ctx), resume_point, what="a training checkpoint", fix=fix)
+
+
+def _read(ctx: Context, path: Path, read: Any, *, what: str, fix: str) -> Any:
+    """read(path), a damaged file (emptied, cut short, overwritten) named in one line with what to do."""
     try:
-        return resume_point(checkpoint)
+        return read(path)
     except Exception as err:  # torch.load's errors for a damaged file vary: EOFError, RuntimeError, pickle's
-        raise ConfigError(
-            ctx.path,
-            "",
-            f"{checkpoint}: cannot be read as a training checkpoint ({type(err).__name__}); "
-            "delete it to train the supernet from its first epoch",
-        ) from None
+        raise ConfigError(ctx.path, "", f"{path}: cannot be read as {what} ({type(err).__name__}); {fix}") from None
+
+
+def _stored_supernet(ctx: Context) -> dict[str, Any]:
+    """The study's supernet file, checked against the study."""
+    path = supernet_path(ctx)
+    fix = "delete it to train the supernet again, or copy it whole from the machine that trained it"
+    load = lambda p: torch.load(p, map_location="cpu", weights_only=True)  # noqa: E731
+    stored = _read(ctx, path, load, what="a trained supernet", fix=fix)
+    check_supernet(ctx, stored)
+    return stored
 
 
 def ensure_supernet(
@@ -131,8 +142,10 @@ def ensure_supernet(
     path = supernet_path(ctx)
     with exclusive(path.with_suffix(".lock"), waiting=f"waiting for process {{owner}} to train {path}", say=say):
         if path.is_file():
-            check_supernet(ctx, torch.load(path, map_location="cpu", weights_only=True))
+            stored = _stored_supernet(ctx)
             training_checkpoint(ctx).unlink(missing_ok=True)  # left where a run stopped between the two
+            if "supernet" not in study.user_attrs and "result" in stored:  # the run that trained it stopped first
+                study.set_user_attr("supernet", stored["result"])
             return False
         resumed = resumed_epochs(ctx)
         if resumed is not None:
@@ -170,29 +183,36 @@ def ensure_supernet(
             stamp={"fingerprint": _fingerprint(ctx)},
             resume=resumed,
         )
-        partial = path.with_suffix(".partial")
-        stored = {"state_dict": supernet.net.state_dict(), "knobs": largest.knobs.as_dict()}
-        torch.save({**stored, "fingerprint": _fingerprint(ctx)}, partial)
-        os.replace(partial, path)
-        training_checkpoint(ctx).unlink()  # its optimizer state served only a resume: supernet.pt is the result
-    study.set_user_attr(
-        "supernet",
-        {
+        record = {
             "path": str(SUPERNET),
             "val_acc": result.val_acc,
             "epochs": result.epochs,
             "train_seconds": result.train_seconds,
             "device": result.device,
             "history": [h.get("val_acc") for h in result.history],
-        },
-    )
+        }
+        partial = path.with_suffix(".partial")
+        stored = {"state_dict": supernet.net.state_dict(), "knobs": largest.knobs.as_dict(), "result": record}
+        torch.save({**stored, "fingerprint": _fingerprint(ctx)}, partial)
+        os.replace(partial, path)
+        training_checkpoint(ctx).unlink()  # its optimizer state served only a resume: supernet.pt is the result
+        for copy in training_checkpoint(ctx).parent.glob("best*.ckpt"):  # the Trainer's, a copy of the weights
+            copy.unlink()
+    study.set_user_attr("supernet", record)
     return True
 
 
+class Held(Exception):
+    """exclusive(wait=False) found the lock held by a live process."""
+
+
 @contextlib.contextmanager
-def exclusive(lock: Path, *, waiting: str = "", say: Any = print, poll_seconds: float = LOCK_POLL_SECONDS):
+def exclusive(
+    lock: Path, *, waiting: str = "", say: Any = print, poll_seconds: float = LOCK_POLL_SECONDS, wait: bool = True
+):
     """One process at a time (training the supernet, retraining a point); others wait, saying `waiting` once
-    ({owner}: the holder's pid); a lock left by a process that is gone is taken over."""
+    ({owner}: the holder's pid), or with wait=False raise Held; a lock left by a process that is gone is
+    taken over."""
     lock.parent.mkdir(parents=True, exist_ok=True)
     told = False
     while True:
@@ -200,14 +220,16 @@ def exclusive(lock: Path, *, waiting: str = "", say: Any = print, poll_seconds: 
             descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                owner = int(lock.read_text() or 0)
-                if owner and not process_alive(owner):
+            owner = _owner(lock, poll_seconds)
+            if owner is None:  # gone: its holder died, or released it meanwhile
+                with contextlib.suppress(FileNotFoundError):
                     lock.unlink()
-                    continue
-                if waiting and owner and not told:
-                    say(waiting.format(owner=owner))
-                    told = True
+                continue
+            if not wait:
+                raise Held(lock) from None
+            if waiting and owner and not told:
+                say(waiting.format(owner=owner))
+                told = True
             time.sleep(poll_seconds)
     try:
         os.write(descriptor, str(os.getpid()).encode())
@@ -215,6 +237,20 @@ def exclusive(lock: Path, *, waiting: str = "", say: Any = print, poll_seconds: 
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _owner(lock: Path, grace_seconds: float) -> int | None:
+    """The live process holding a lock file (0 while its holder has not written its pid yet), or None where
+    none does: the file is gone, its process ended, or it names this process (which holds no lock it is
+    asking for: a dead holder had the same pid, as in a container) or nothing for longer than the grace."""
+    try:
+        text, age = lock.read_text().strip(), time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    if not text.isdigit():  # empty while its holder writes its pid; left so where the holder died then
+        return 0 if age < grace_seconds else None
+    owner = int(text)
+    return owner if owner != os.getpid() and process_alive(owner) else None
 
 
 def load_supernet(ctx: Context, device: torch.device) -> SuperNet:
@@ -231,8 +267,7 @@ def load_supernet(ctx: Context, device: torch.device) -> SuperNet:
             f"{path}: no trained supernet{kept}; `mbv2-search run {ctx.path}` trains it before the search starts "
             "(a worker on another machine, or a copied study folder, needs a copy of that file)"
         )
-    stored = torch.load(path, map_location="cpu", weights_only=True)
-    check_supernet(ctx, stored)
+    stored = _stored_supernet(ctx)
     supernet = SuperNet(members(ctx).corner(largest=True))
     supernet.net.load_state_dict(stored["state_dict"])
     return supernet.to(device).eval()
@@ -264,14 +299,13 @@ def inherited_accuracy(
 ) -> tuple[Inherited, torch.nn.Module]:
     """Validation accuracy of a member with inherited weights, its BatchNorm statistics recomputed on the
     first training batches (unaugmented, a fixed order); returns the standalone model too."""
-    import itertools
-
     from mbv2_search.evaluate import evaluate
+    from mbv2_search.supernet import calibration_batches as calibration
 
     start = time.perf_counter()
     device = next(supernet.parameters()).device
     model = extract(supernet, spec)
-    batches = itertools.islice(data.loader("train", batch_size), calibration_batches)
+    batches = calibration(data, batch_size, calibration_batches)
     seen = recalibrate(model, ((images.to(device), labels) for images, labels in batches))
     result = evaluate(model, data, split="val", device=device, batch_size=batch_size * 2)
     return Inherited(result.accuracy, result.images, seen, time.perf_counter() - start), model
@@ -320,34 +354,54 @@ def retrain_front(ctx: Context, study: optuna.Study, device: torch.device, *, sa
     """Train each front point not yet retrained as the study says (from scratch, or from its inherited
     weights) and store its stand-alone accuracy in the study's attrs (`retrained:<trial>`); returns how many
     were trained here. Each point is locked while it trains: a second `run` takes the others, or waits."""
-    plan, space_members = _plan(ctx), members(ctx)
+    plan = _plan(ctx)
     todo = [t for t in front_trials(ctx, study) if not _retrained(study, t.number, plan)]
     supernet = load_supernet(ctx, device) if plan["from"] == "finetune" and todo else None
-    trained = 0
-    for index, trial in enumerate(todo, start=1):
-        folder = ctx.report_dir / "retrained" / f"{trial.number:05d}"
-        with exclusive(folder.with_suffix(".lock"), say=say):
-            if _retrained(study, trial.number, plan):  # another run did it meanwhile
-                continue
-            say(f"retraining front point {index} of {len(todo)}: trial {trial.number} ({plan['from']})")
-            spec = space_members.spec(trial.params)
-            result = _retrain(ctx, spec, device, epochs=plan["budget"], folder=folder, supernet=supernet)
-            stderr = binomial_stderr(result.val_acc, result.split_sizes["val"])
-            study.set_user_attr(
-                f"{RETRAINED}{trial.number}",
-                {
-                    **plan,
-                    "val_acc": result.val_acc,
-                    "val_acc_stderr": stderr,
-                    "test_acc": result.test_acc,
-                    "inherited_val_acc": trial.user_attrs["inherited_val_acc"],
-                    "epochs": result.epochs,
-                    "train_seconds": result.train_seconds,
-                    "checkpoint": os.path.relpath(result.checkpoint, ctx.report_dir) if result.checkpoint else "",
-                },
-            )
-            trained += 1
+    trained, count = 0, len(todo)
+    while todo:
+        held = []  # points another run is retraining: taken up again once the free ones are done
+        for trial in todo:
+            folder = ctx.report_dir / "retrained" / f"{trial.number:05d}"
+            try:
+                with exclusive(folder.with_suffix(".lock"), wait=False):
+                    if _retrained(study, trial.number, plan):  # another run did it meanwhile
+                        continue
+                    trained += 1
+                    say(f"retraining front point {trained} of {count}: trial {trial.number} ({plan['from']})")
+                    record = _retrain_point(ctx, trial, device, folder=folder, supernet=supernet)
+                    study.set_user_attr(f"{RETRAINED}{trial.number}", {**plan, **record})
+            except Held:
+                held.append(trial)
+        if held and len(held) == len(todo):  # each held by another run: wait for the first, then look again
+            lock = ctx.report_dir / "retrained" / f"{held[0].number:05d}.lock"
+            with exclusive(lock, waiting=f"waiting for process {{owner}} to retrain trial {held[0].number}", say=say):
+                pass
+        todo = [t for t in held if not _retrained(study, t.number, plan)]
     return trained
+
+
+def _retrain_point(
+    ctx: Context, trial: optuna.trial.FrozenTrial, device: torch.device, *, folder: Path, supernet: SuperNet | None
+) -> dict[str, Any]:
+    """What retraining one front point measured; a candidate's own failure (diverged, out of memory) is
+    recorded as `failed`, not retried: the other points go on."""
+    from mbv2_search.train import TrainingDiverged, TrainingOutOfMemory
+
+    spec, plan = members(ctx).spec(trial.params), _plan(ctx)
+    inherited = {"inherited_val_acc": trial.user_attrs["inherited_val_acc"]}
+    try:
+        result = _retrain(ctx, spec, device, epochs=plan["budget"], folder=folder, supernet=supernet)
+    except (TrainingDiverged, TrainingOutOfMemory) as err:
+        return {**inherited, "failed": f"{type(err).__name__}: {err}"}
+    return {
+        **inherited,
+        "val_acc": result.val_acc,
+        "val_acc_stderr": binomial_stderr(result.val_acc, result.split_sizes["val"]),
+        "test_acc": result.test_acc,
+        "epochs": result.epochs,
+        "train_seconds": result.train_seconds,
+        "checkpoint": os.path.relpath(result.checkpoint, ctx.report_dir) if result.checkpoint else "",
+    }
 
 
 def _retrain(
@@ -382,8 +436,11 @@ def trial_weights(ctx: Context, study: optuna.Study, trial: optuna.trial.FrozenT
     from mbv2_search.weights import from_checkpoint
 
     again = study.user_attrs.get(f"{RETRAINED}{trial.number}") or {}
-    path = ctx.report_dir / again["checkpoint"] if again.get("checkpoint") else None
-    if path is not None and path.is_file():
+    if again.get("checkpoint"):
+        path = ctx.report_dir / again["checkpoint"]
+        if not path.is_file():  # its inherited weights are another network: not a stand-in
+            why = "its retrained checkpoint is missing: copy the study's retrained/ folder from the machine that retrained it"
+            raise FileNotFoundError(errno.ENOENT, why, str(path))
         return from_checkpoint(torch.load(path, map_location="cpu", weights_only=True)), "retrained"
     device, spec = torch.device("cpu"), members(ctx).spec(trial.params)
     _, model = inherit(ctx, load_supernet(ctx, device), spec, load_data(ctx, spec.resolution, device))

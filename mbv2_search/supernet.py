@@ -156,6 +156,18 @@ def extract(supernet: SuperNet, member: ArchSpec) -> MobileNetV2:
     return model
 
 
+CALIBRATION_SEED = 0  # the order calibration images are taken in: the same for every candidate and epoch
+
+
+def calibration_batches(data: Any, batch_size: int, count: int) -> Iterable[Any]:
+    """The images that recompute BatchNorm statistics: the first `count` batches of the training split in a
+    fixed random order, unaugmented (an image folder's split is in class order: its first batches would
+    show one class)."""
+    import itertools
+
+    return itertools.islice(data.loader("train", batch_size, shuffle=True, seed=CALIBRATION_SEED), count)
+
+
 @torch.no_grad()
 def recalibrate(model: nn.Module, batches: Iterable[Any]) -> int:
     """Recompute every BatchNorm's running statistics as the plain mean over the batches (the supernet's

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import itertools
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from mbv2_search.callbacks import EpochCheckpoint, RichEpochProgress, TrainingCl
 from mbv2_search.data import resize
 from mbv2_search.optim import build_optimizer, build_schedule
 from mbv2_search.recipes import Recipe
-from mbv2_search.supernet import SuperNet, recalibrate
+from mbv2_search.supernet import SuperNet, calibration_batches, recalibrate
 
 LAST = "last.ckpt"  # the last finished epoch's training state, in the run folder
 
@@ -53,14 +52,14 @@ class SandwichModule(pl.LightningModule):
         sandwich: Sandwich,
         *,
         seed: int,
-        calibration: Iterable = (),
+        calibration: Callable[[], Iterable] = tuple,
         **budget: int,
     ) -> None:
         super().__init__()
         self.supernet, self.recipe, self.sandwich = supernet, recipe, sandwich
         self.budget = budget  # batch_size, epochs, steps_per_epoch
         self.rng = random.Random(seed)  # which random members each step trains: seeded, so runs repeat
-        self.calibration = calibration  # training batches that recompute BatchNorm before validation
+        self.calibration = calibration  # gives the training batches that recompute BatchNorm before validation
         self.automatic_optimization = False
 
     def members(self) -> list[ArchSpec]:
@@ -100,7 +99,7 @@ class SandwichModule(pl.LightningModule):
         self.rng.setstate(checkpoint["member_draws"])
 
     def on_validation_epoch_start(self) -> None:
-        recalibrate(self.supernet.net, itertools.islice(self.calibration, self.sandwich.calibration_batches))
+        recalibrate(self.supernet.net, self.calibration())
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
@@ -171,7 +170,7 @@ def train_supernet(
         recipe,
         sandwich,
         seed=seed,
-        calibration=data.loader("train", batch_size),  # unaugmented, in a fixed order
+        calibration=lambda: calibration_batches(data, batch_size, sandwich.calibration_batches),
         batch_size=batch_size,
         epochs=epochs,
         steps_per_epoch=len(train_batches),

@@ -96,7 +96,7 @@ def start_workers(
     """Spawn local worker processes that split the CPU cores (or share the GPUs, per_gpu to each)."""
     open_study(ctx)  # create it once, before workers race to
     devices = _devices(ctx, workers, per_gpu=per_gpu)
-    threads, crowd = _threads(len(devices)), Counter(devices)
+    threads, crowd = worker_threads(len(devices)), Counter(devices)
     return [start_worker(ctx, d, threads=threads, reports_root=reports_root, packed=_packed(d, crowd)) for d in devices]
 
 
@@ -105,7 +105,8 @@ def _devices(ctx: Context, workers: int, *, per_gpu: int) -> list[str]:
     return worker_devices(training.device, workers, per_gpu=per_gpu, per_trial=training.devices_per_trial)
 
 
-def _threads(workers: int) -> int:
+def worker_threads(workers: int) -> int:
+    """CPU threads for each of `workers` processes: the cores split evenly."""
     from mbv2_search.devices import available_cores
 
     return max(1, available_cores() // workers)
@@ -141,7 +142,7 @@ def supervise(
     """
     study = open_study(ctx)
     devices = _devices(ctx, workers, per_gpu=per_gpu)
-    threads, crowd = _threads(len(devices)), Counter(devices)
+    threads, crowd = worker_threads(len(devices)), Counter(devices)
 
     def start(device: str) -> multiprocessing.Process:
         return start_worker(ctx, device, threads=threads, reports_root=reports_root, packed=_packed(device, crowd))

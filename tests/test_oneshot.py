@@ -255,14 +255,17 @@ def test_an_interrupted_supernet_resumes_after_its_last_epoch_and_trains_the_sam
 
 
 @pytest.mark.parametrize("damage", [b"", b"garbage\n"])
-def test_a_damaged_supernet_checkpoint_is_named_with_what_to_do(tmp_path, capsys, damage):
+@pytest.mark.parametrize(
+    ("file", "what"), [("training/last.ckpt", "a training checkpoint"), ("supernet.pt", "a trained supernet")]
+)
+def test_a_damaged_supernet_checkpoint_is_named_with_what_to_do(tmp_path, capsys, damage, file, what):
     path = one_shot_study(tmp_path)
-    checkpoint = tmp_path / "reports" / "oneshot" / "supernet" / "training" / "last.ckpt"
+    checkpoint = tmp_path / "reports" / "oneshot" / "supernet" / file
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(damage)  # a full disk, a failed copy
     code, _, err = run(capsys, "run", str(path), "--reports", str(tmp_path / "reports"))
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert f"{checkpoint}: cannot be read as a training checkpoint" in err and "delete it" in err
+    assert f"{checkpoint}: cannot be read as {what}" in err and "delete it" in err
 
 
 def test_a_waiting_worker_waits_for_the_run_that_takes_over_an_interrupted_training(finished, tmp_path):

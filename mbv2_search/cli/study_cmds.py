@@ -58,7 +58,7 @@ def run(study_file: Path, storage: str | None, reports: Path, workers: int | Non
         raise UserError(f"{study_file}: {err}") from None
     workers = len(devices)
     if ctx.study.strategy == "one-shot":
-        _one_shot_phase(ctx, study, "supernet")
+        _one_shot_phase(ctx, study, "supernet", workers=workers)
     view = SearchProgress(ctx, study)
     stopped, failures = "", []
     with view.progress, resumable():
@@ -72,19 +72,23 @@ def run(study_file: Path, storage: str | None, reports: Path, workers: int | Non
         view.refresh([])
     code, line = finish_line(ctx, study, stopped=stopped, failures=failures)
     if code == 0 and ctx.study.strategy == "one-shot" and ctx.study.one_shot.retrain != "none":
-        _one_shot_phase(ctx, study, "retrain")
+        _one_shot_phase(ctx, study, "retrain", workers=workers)
     print_status(ctx, study)
     finish(code, line)
 
 
-def _one_shot_phase(ctx, study, phase: str) -> None:
+def _one_shot_phase(ctx, study, phase: str, *, workers: int) -> None:
     """Before the search, train the supernet (unless stored); after it, retrain the front's points (those not
     retrained yet). Ctrl-C stops either with exit 130; the same command resumes."""
-    from mbv2_search.devices import rank_devices
+    from mbv2_search.devices import configure_cpu, rank_devices
+    from mbv2_search.errors import TrainingError
     from mbv2_search.interrupts import Interrupted, SignalGuard, ignore_signals
     from mbv2_search.oneshot import ensure_supernet, retrain_front
+    from mbv2_search.supervisor import worker_threads
 
     device = rank_devices(ctx.study.training.device)[0]
+    if device.type == "cpu":  # a worker's share of the cores: small models train no faster on more (README)
+        configure_cpu(worker_threads(workers))
     try:
         with SignalGuard() as guard, guard.interruptible():
             if phase == "retrain":
@@ -95,6 +99,8 @@ def _one_shot_phase(ctx, study, phase: str) -> None:
         ignore_signals()
         err.note = f": {_kept(ctx, phase)}; the same command goes on from there"
         raise
+    except TrainingError as err:  # the supernet's own failure (a retrained point's is stored with it)
+        finish(1, f"the supernet's training failed: {type(err).__name__}: {err}; {_kept(ctx, phase)}")
 
 
 def _kept(ctx, phase: str) -> str:

@@ -136,6 +136,12 @@ def print_status(ctx: Any, study: Any) -> None:
     title = f"Pareto front ({', '.join(ctx.study.objectives)}): {len(shown)} point" + ("" if len(shown) == 1 else "s")
     print_frame(shown.round(4), "table", title=title)
     console.print(data.tie_note, highlight=False)
+    if ctx.study.strategy == "one-shot":
+        from mbv2_search.report.build import one_shot_agreement
+
+        agreement = one_shot_agreement(data.front)
+        if agreement:
+            console.print(f"inherited vs retrained val_acc{agreement.removeprefix(';')}", highlight=False)
 
 
 def _supernet_in_training(ctx) -> str:

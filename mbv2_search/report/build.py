@@ -103,16 +103,16 @@ def noise_notes(data: StudyData) -> list[str]:
     if "inherited" in data.frame and data.frame["inherited"].eq(True).any():
         notes.append(
             "one-shot: the search's val_acc is inherited from the supernet (BatchNorm recalibrated); "
-            "retrained val_acc: the front's points trained on their own afterwards" + one_shot_agreement(data)
+            "retrained val_acc: the front's points trained on their own afterwards"
+            + one_shot_agreement(data.front_data.front)
         )
     if data.seeds:
         notes.append("seed repeats of a variant are one point: mean, std over its n runs; fronts use the means")
     return notes
 
 
-def one_shot_agreement(data: StudyData) -> str:
+def one_shot_agreement(front: pd.DataFrame) -> str:
     """How well inherited accuracy ranks the retrained front points (Spearman), where three or more are retrained."""
-    front = data.front_data.front
     if "retrained_val_acc" not in front:
         return ""
     pairs = front[["val_acc", "retrained_val_acc"]].dropna().astype(float)
