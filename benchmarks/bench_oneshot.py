@@ -172,7 +172,7 @@ def front_part(folder: Path, oneshot: Path) -> Path:
     frame = trials_frame(study_pc.get_trials())
     done = frame[frame["eligible"]]
     hv_pc = hypervolume(np.column_stack([1 - done["val_acc"].astype(float), done["madds"].astype(float)]), reference)
-    again = retrained_results(study_os.user_attrs)
+    again = {n: r for n, r in retrained_results(study_os.user_attrs).items() if "val_acc" in r}  # not failed
     madds = {t.number: t.user_attrs["madds"] for t in study_os.get_trials() if "madds" in t.user_attrs}
     hv_os = hypervolume(np.array([[1 - r["val_acc"], madds[n]] for n, r in again.items()]), reference)
     supernet = study_os.user_attrs["supernet"]
