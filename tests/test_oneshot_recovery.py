@@ -135,3 +135,15 @@ def test_calibration_images_of_an_image_folder_come_from_every_class(tmp_path):
     assert first == again  # the same images for every candidate
     assert len({label for batch in first for label in batch}) == 2
     assert [labels.tolist() for _, labels in list(data.loader("train", 4))[:2]] == [[0] * 4, [0] * 4]  # unshuffled
+
+
+def test_the_agreement_of_inherited_and_retrained_accuracy_is_a_rank_correlation():
+    import pandas as pd
+
+    from mbv2_search.report.build import one_shot_agreement
+
+    front = pd.DataFrame({"val_acc": [0.7, 0.8, 0.9, 0.95], "retrained_val_acc": [0.9, 0.95, 0.97, None]})
+    assert one_shot_agreement(front) == (pytest.approx(1.0), 3)  # a point not retrained yet is left out
+    front["retrained_val_acc"] = [0.97, 0.95, 0.9, 0.8]
+    assert one_shot_agreement(front) == (pytest.approx(-1.0), 4)
+    assert one_shot_agreement(front.iloc[:2]) is None  # too few to rank

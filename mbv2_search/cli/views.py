@@ -140,8 +140,11 @@ def print_status(ctx: Any, study: Any) -> None:
         from mbv2_search.report.build import one_shot_agreement
 
         agreement = one_shot_agreement(data.front)
-        if agreement:
-            console.print(f"inherited vs retrained val_acc{agreement.removeprefix(';')}", highlight=False)
+        if agreement is not None:
+            rho, points = agreement
+            console.print(
+                f"inherited vs retrained val_acc: Spearman {rho:.2f} over {points} front points", highlight=False
+            )
 
 
 def _supernet_in_training(ctx) -> str:

@@ -104,22 +104,29 @@ def noise_notes(data: StudyData) -> list[str]:
         notes.append(
             "one-shot: the search's val_acc is inherited from the supernet (BatchNorm recalibrated); "
             "retrained val_acc: the front's points trained on their own afterwards"
-            + one_shot_agreement(data.front_data.front)
+            + _agreement_clause(data.front_data.front)
         )
     if data.seeds:
         notes.append("seed repeats of a variant are one point: mean, std over its n runs; fronts use the means")
     return notes
 
 
-def one_shot_agreement(front: pd.DataFrame) -> str:
-    """How well inherited accuracy ranks the retrained front points (Spearman), where three or more are retrained."""
+def one_shot_agreement(front: pd.DataFrame) -> tuple[float, int] | None:
+    """How well inherited accuracy ranks the retrained front points: (Spearman, points), where three or more
+    are retrained."""
     if "retrained_val_acc" not in front:
-        return ""
+        return None
     pairs = front[["val_acc", "retrained_val_acc"]].dropna().astype(float)
     if len(pairs) < 3:
+        return None
+    return pairs["val_acc"].rank().corr(pairs["retrained_val_acc"].rank()), len(pairs)
+
+
+def _agreement_clause(front: pd.DataFrame) -> str:
+    agreement = one_shot_agreement(front)
+    if agreement is None:
         return ""
-    rho = pairs["val_acc"].rank().corr(pairs["retrained_val_acc"].rank())
-    return f"; Spearman rank correlation of the two over {len(pairs)} front points: {rho:.2f}"
+    return f"; Spearman rank correlation of the two over {agreement[1]} front points: {agreement[0]:.2f}"
 
 
 def summary_markdown(data: StudyData) -> str:
