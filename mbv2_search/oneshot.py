@@ -4,7 +4,6 @@ inherited accuracy of a candidate, and retraining the front's points (stored per
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import random
@@ -21,14 +20,14 @@ from mbv2_search.arch import ArchSpec, build_spec
 from mbv2_search.datasets import DATASETS
 from mbv2_search.elastic import corner_knobs, random_params
 from mbv2_search.errors import NoSupernet
-from mbv2_search.ledger import RETRAINED, process_alive
+from mbv2_search.ledger import RETRAINED
+from mbv2_search.locks import Held, exclusive, taken_over
 from mbv2_search.noise import binomial_stderr
 from mbv2_search.schema import ConfigError
 from mbv2_search.search import Context, load_data
 from mbv2_search.supernet import SuperNet, extract, recalibrate, zero_residual_branches
 
 SUPERNET = Path("supernet") / "supernet.pt"  # under the study's report folder
-LOCK_POLL_SECONDS = 2.0  # how often a process waiting for a lock looks again
 
 
 @dataclass(frozen=True)
@@ -202,62 +201,11 @@ def ensure_supernet(
     return True
 
 
-class Held(Exception):
-    """exclusive(wait=False) found the lock held by a live process."""
-
-
-@contextlib.contextmanager
-def exclusive(
-    lock: Path, *, waiting: str = "", say: Any = print, poll_seconds: float = LOCK_POLL_SECONDS, wait: bool = True
-):
-    """One process at a time (training the supernet, retraining a point); others wait, saying `waiting` once
-    ({owner}: the holder's pid), or with wait=False raise Held; a lock left by a process that is gone is
-    taken over."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    told = False
-    while True:
-        try:
-            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            owner = _owner(lock, poll_seconds)
-            if owner is None:  # gone: its holder died, or released it meanwhile
-                with contextlib.suppress(FileNotFoundError):
-                    lock.unlink()
-                continue
-            if not wait:
-                raise Held(lock) from None
-            if waiting and owner and not told:
-                say(waiting.format(owner=owner))
-                told = True
-            time.sleep(poll_seconds)
-    try:
-        os.write(descriptor, str(os.getpid()).encode())
-        os.close(descriptor)
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _owner(lock: Path, grace_seconds: float) -> int | None:
-    """The live process holding a lock file (0 while its holder has not written its pid yet), or None where
-    none does: the file is gone, its process ended, or it names this process (which holds no lock it is
-    asking for: a dead holder had the same pid, as in a container) or nothing for longer than the grace."""
-    try:
-        text, age = lock.read_text().strip(), time.time() - lock.stat().st_mtime
-    except FileNotFoundError:
-        return None
-    if not text.isdigit():  # empty while its holder writes its pid; left so where the holder died then
-        return 0 if age < grace_seconds else None
-    owner = int(text)
-    return owner if owner != os.getpid() and process_alive(owner) else None
-
-
 def load_supernet(ctx: Context, device: torch.device) -> SuperNet:
     """The study's trained supernet on a device, in eval mode; NoSupernet where it was not trained yet."""
     path = supernet_path(ctx)
     lock, waited = path.with_suffix(".lock"), False
-    while not path.is_file() and (lock.exists() or (waited and _taken_over(lock))):  # a `run` trains it: wait
+    while not path.is_file() and (lock.exists() or (waited and taken_over(lock))):  # a `run` trains it: wait
         with exclusive(lock, waiting=f"waiting for process {{owner}} to train {path}"):
             waited = True
     if not path.is_file():  # checked by every worker before its first trial (Evaluator)
@@ -271,17 +219,6 @@ def load_supernet(ctx: Context, device: torch.device) -> SuperNet:
     supernet = SuperNet(members(ctx).corner(largest=True))
     supernet.net.load_state_dict(stored["state_dict"])
     return supernet.to(device).eval()
-
-
-def _taken_over(lock: Path, seconds: float = 2 * LOCK_POLL_SECONDS + 1) -> bool:
-    """Whether another process takes the lock within `seconds` (a run that waited for the interrupted one:
-    it polls for the lock, so it may not hold it yet)."""
-    deadline = time.monotonic() + seconds
-    while not lock.exists():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 @dataclass(frozen=True)

@@ -271,19 +271,7 @@ def ask(study: optuna.Study, *, waiting: list[int], attrs: dict[str, Any] | None
 
 def _running(attrs: dict[str, Any]) -> FrozenTrial:
     """A new trial's template (create_new_trial stores it in its one write): running, with user attributes."""
-    return FrozenTrial(
-        number=-1,
-        state=TrialState.RUNNING,
-        value=None,
-        datetime_start=datetime.now(),
-        datetime_complete=None,
-        params={},
-        distributions={},
-        user_attrs=dict(attrs),
-        system_attrs={},
-        intermediate_values={},
-        trial_id=-1,
-    )
+    return optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=dict(attrs))
 
 
 def _cached_trial(storage: optuna.storages.BaseStorage, trial_id_: int) -> FrozenTrial | None:

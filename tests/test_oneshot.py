@@ -185,7 +185,7 @@ def test_a_supernet_trained_for_another_version_of_the_study_is_refused(finished
 
 
 def test_one_process_at_a_time_and_a_dead_holder_is_taken_over(tmp_path):
-    from mbv2_search.oneshot import exclusive
+    from mbv2_search.locks import exclusive
 
     lock = tmp_path / "x.lock"
     holder = subprocess.Popen(

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from mbv2_search import ledger
-from mbv2_search.oneshot import Held, ensure_supernet, exclusive, retrain_front
+from mbv2_search.locks import Held, exclusive
+from mbv2_search.oneshot import ensure_supernet, retrain_front
 from mbv2_search.search import load_context
 from mbv2_search.storage import open_study
 from tests.test_cli import run
