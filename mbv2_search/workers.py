@@ -24,13 +24,11 @@ from mbv2_search.storage import open_study
 class Heartbeat:
     """Writes a timestamp to the running trial every few seconds, so other workers can tell it is alive,
     and meanwhile re-queues the trials of workers that are gone (so that even during a long training
-    every live worker keeps watch)."""
+    every live worker keeps watch). The first beat is the ask's (first_beat)."""
 
-    def __init__(self, trial: optuna.Trial, seconds: float, *, first_written: bool = False) -> None:
+    def __init__(self, trial: optuna.Trial, seconds: float) -> None:
         self.trial, self.study, self.seconds = trial, trial.study, seconds
         self.stop_event = threading.Event()
-        if not first_written:  # else the ask wrote it with the trial (work)
-            ledger.set_attrs(trial.study, private.trial_id(trial), attrs=first_beat())
         self.thread = threading.Thread(target=self._beat, daemon=True)
         self.thread.start()
 
@@ -47,7 +45,7 @@ class Heartbeat:
 
 
 def first_beat() -> dict[str, Any]:
-    """A running trial's first attributes: its worker, and a heartbeat."""
+    """A running trial's first attributes, written by its ask: its worker, and a heartbeat."""
     return {ledger.WORKER: ledger.worker_id(), "heartbeat": time.time()}
 
 
@@ -105,7 +103,6 @@ def run_trial(
     guard: SignalGuard,
     report: WorkerReport,
     heartbeat_seconds: float,
-    beat_written: bool = False,
 ) -> FrozenTrial | None:
     """Evaluate one trial and record its outcome (its attributes in the same write); interruptions and
     environment failures re-queue it. Returns the trial as stored, or None where it was not told."""
@@ -113,7 +110,7 @@ def run_trial(
 
     heartbeat = None
     try:
-        heartbeat = Heartbeat(trial, heartbeat_seconds, first_written=beat_written)
+        heartbeat = Heartbeat(trial, heartbeat_seconds)
         with guard.interruptible():
             values = evaluate(trial)
     except DuplicateCandidate as duplicate:
@@ -209,9 +206,7 @@ def work(
                 continue
             if on_event:
                 on_event("start", trial)
-            told = run_trial(
-                study, trial, evaluate=evaluate, guard=guard, report=report, heartbeat_seconds=beat, beat_written=True
-            )
+            told = run_trial(study, trial, evaluate=evaluate, guard=guard, report=report, heartbeat_seconds=beat)
             if on_event:
                 on_event("end", told or private.storage_of(study).get_trial(private.trial_id(trial)))
     return report
