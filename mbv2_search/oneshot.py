@@ -195,8 +195,6 @@ def ensure_supernet(
         torch.save({**stored, "fingerprint": _fingerprint(ctx)}, partial)
         os.replace(partial, path)
         training_checkpoint(ctx).unlink()  # its optimizer state served only a resume: supernet.pt is the result
-        for copy in training_checkpoint(ctx).parent.glob("best*.ckpt"):  # the Trainer's, a copy of the weights
-            copy.unlink()
     study.set_user_attr("supernet", record)
     return True
 
@@ -234,8 +232,8 @@ class Inherited:
 def inherited_accuracy(
     supernet: SuperNet, spec: ArchSpec, data: Any, *, calibration_batches: int, batch_size: int
 ) -> tuple[Inherited, torch.nn.Module]:
-    """Validation accuracy of a member with inherited weights, its BatchNorm statistics recomputed on the
-    first training batches (unaugmented, a fixed order); returns the standalone model too."""
+    """Validation accuracy of a member with inherited weights, its BatchNorm statistics recomputed on a fixed
+    random sample of training batches (supernet.calibration_batches); returns the standalone model too."""
     from mbv2_search.evaluate import evaluate
     from mbv2_search.supernet import calibration_batches as calibration
 
@@ -291,40 +289,52 @@ def retrain_front(ctx: Context, study: optuna.Study, device: torch.device, *, sa
     """Train each front point not yet retrained as the study says (from scratch, or from its inherited
     weights) and store its stand-alone accuracy in the study's attrs (`retrained:<trial>`); returns how many
     were trained here. Each point is locked while it trains: a second `run` takes the others, or waits."""
-    plan = _plan(ctx)
+    plan, space_members = _plan(ctx), members(ctx)
     todo = [t for t in front_trials(ctx, study) if not _retrained(study, t.number, plan)]
     supernet = load_supernet(ctx, device) if plan["from"] == "finetune" and todo else None
     trained, count = 0, len(todo)
     while todo:
         held = []  # points another run is retraining: taken up again once the free ones are done
         for trial in todo:
-            folder = ctx.report_dir / "retrained" / f"{trial.number:05d}"
+            folder = _point_folder(ctx, trial.number)
             try:
                 with exclusive(folder.with_suffix(".lock"), wait=False):
                     if _retrained(study, trial.number, plan):  # another run did it meanwhile
                         continue
                     trained += 1
                     say(f"retraining front point {trained} of {count}: trial {trial.number} ({plan['from']})")
-                    record = _retrain_point(ctx, trial, device, folder=folder, supernet=supernet)
+                    spec = space_members.spec(trial.params)
+                    record = _retrain_point(ctx, trial, spec, device, plan=plan, folder=folder, supernet=supernet)
                     study.set_user_attr(f"{RETRAINED}{trial.number}", {**plan, **record})
             except Held:
                 held.append(trial)
         if held and len(held) == len(todo):  # each held by another run: wait for the first, then look again
-            lock = ctx.report_dir / "retrained" / f"{held[0].number:05d}.lock"
-            with exclusive(lock, waiting=f"waiting for process {{owner}} to retrain trial {held[0].number}", say=say):
+            lock, number = _point_folder(ctx, held[0].number).with_suffix(".lock"), held[0].number
+            with exclusive(lock, waiting=f"waiting for process {{owner}} to retrain trial {number}", say=say):
                 pass
         todo = [t for t in held if not _retrained(study, t.number, plan)]
     return trained
 
 
+def _point_folder(ctx: Context, number: int) -> Path:
+    """A retrained front point's run folder (its lock file beside it)."""
+    return ctx.report_dir / "retrained" / f"{number:05d}"
+
+
 def _retrain_point(
-    ctx: Context, trial: optuna.trial.FrozenTrial, device: torch.device, *, folder: Path, supernet: SuperNet | None
+    ctx: Context,
+    trial: optuna.trial.FrozenTrial,
+    spec: ArchSpec,
+    device: torch.device,
+    *,
+    plan: dict[str, Any],
+    folder: Path,
+    supernet: SuperNet | None,
 ) -> dict[str, Any]:
     """What retraining one front point measured; a candidate's own failure (diverged, out of memory) is
     recorded as `failed`, not retried: the other points go on."""
     from mbv2_search.train import TrainingDiverged, TrainingOutOfMemory
 
-    spec, plan = members(ctx).spec(trial.params), _plan(ctx)
     inherited = {"inherited_val_acc": trial.user_attrs["inherited_val_acc"]}
     try:
         result = _retrain(ctx, spec, device, epochs=plan["budget"], folder=folder, supernet=supernet)

@@ -184,6 +184,7 @@ def train_supernet(
         devices=[device],
         precision=resolve_precision(precision, device),
         callbacks=[clock, checkpoint, *([RichEpochProgress("supernet")] if progress else [])],
+        best_checkpoint=False,  # the supernet's result is its last epoch (supernet.pt), not its best
     )
     resume_from = run_dir / LAST if resume else None
     with quiet_fit(), _metrics_kept(run_dir / "metrics.csv", resume["epochs"] if resume else 0):

@@ -156,13 +156,15 @@ def build_trainer(
     precision: str,
     callbacks: Sequence[pl.Callback] = (),
     max_minutes: float | None = None,
+    best_checkpoint: bool = True,
 ) -> pl.Trainer:
-    """The one Trainer factory: CSV metrics and the best checkpoint in run_dir, no per-step overhead; DDP
-    over several devices (distributed.py launches the ranks; training batches come sharded)."""
+    """The one Trainer factory: CSV metrics and (best_checkpoint) the best epoch's weights in run_dir, no
+    per-step overhead; DDP over several devices (distributed.py launches the ranks; training batches come
+    sharded)."""
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
-    checkpoint = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=run_dir, filename="best", monitor="val_acc", mode="max", save_top_k=1, save_weights_only=True
     )
     device = devices[0]
@@ -176,7 +178,7 @@ def build_trainer(
         use_distributed_sampler=False,  # every rank evaluates the full val and test sets
         precision=precision,
         logger=CSVLogger(run_dir, name="", version="", flush_logs_every_n_steps=10_000),
-        callbacks=[checkpoint, *callbacks],
+        callbacks=[*([best] if best_checkpoint else []), *callbacks],
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,

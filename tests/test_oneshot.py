@@ -68,6 +68,7 @@ def test_a_one_shot_run_trains_the_supernet_searches_then_retrains_the_front(fin
     path, reports, out, _ = finished
     assert "training the supernet" in out and "retraining front point 1 of" in out
     assert (reports / "oneshot" / "supernet" / "supernet.pt").is_file()
+    assert not list((reports / "oneshot" / "supernet").rglob("*.ckpt"))  # no copy of it beside, nothing to resume
     study = stored(path, reports)
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(trials) == 5

@@ -99,8 +99,9 @@ def _one_shot_phase(ctx, study, phase: str, *, workers: int) -> None:
         ignore_signals()
         err.note = f": {_kept(ctx, phase)}; the same command goes on from there"
         raise
-    except TrainingError as err:  # the supernet's own failure (a retrained point's is stored with it)
-        finish(1, f"the supernet's training failed: {type(err).__name__}: {err}; {_kept(ctx, phase)}")
+    except TrainingError as err:  # a retrained point's own failure is stored with it; others stop the phase
+        what = "retraining the front" if phase == "retrain" else "the supernet's training"
+        finish(1, f"{what} failed: {type(err).__name__}: {err}; {_kept(ctx, phase)}")
 
 
 def _kept(ctx, phase: str) -> str:
