@@ -91,8 +91,16 @@ class TensorData:
         """Iterable of (images, labels) batches for a split, augmented when train is True; with shard
         (rank, ranks), training batches are this rank's share of global batches of batch_size x ranks;
         shuffle: unaugmented, in a seeded random order."""
-        split_data, layout = getattr(self, split), {"channels_last": channels_last, "shard": shard}
-        return DeviceBatches(self, split_data, batch_size, train=train, seed=seed, shuffle=shuffle, **layout)
+        return DeviceBatches(
+            self,
+            getattr(self, split),
+            batch_size,
+            train=train,
+            seed=seed,
+            channels_last=channels_last,
+            shard=shard,
+            shuffle=shuffle,
+        )
 
 
 class DeviceBatches:
